@@ -1,0 +1,70 @@
+/* SPDX-License-Identifier: MPL-2.0 */
+/*
+ * Guest physical memory, and the one checked accessor every guest address
+ * goes through.
+ *
+ * Guest RAM is one memfd (so migration and snapshots can use the fd),
+ * mapped into cella and into KVM as up to two regions: low RAM from 0 up to
+ * the PCI hole at 3 GiB, and the rest from 4 GiB. Device cores never see
+ * KVM: they get a `struct guest_mem` and translate guest addresses with
+ * guest_mem_ptr(), which refuses any range that is not wholly inside one
+ * RAM region (overflow-safe), so a guest cannot make cella touch memory
+ * outside guest RAM. Tests and fuzzers build a guest_mem over a plain
+ * buffer with guest_mem_init_buffer().
+ *
+ * Threading: after init the layout is immutable; any thread may translate.
+ * Concurrent access to the bytes themselves is the guest's business.
+ */
+#ifndef CELLA_MACHINE_GUEST_MEM_H
+#define CELLA_MACHINE_GUEST_MEM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define GUEST_PCI_HOLE_START  0xc0000000ull  /* 3 GiB: MMIO, LAPIC, IOAPIC, flash */
+#define GUEST_HIGH_RAM_START  0x100000000ull /* 4 GiB */
+#define GUEST_MEM_MAX_REGIONS 2
+
+struct guest_mem_region {
+    uint64_t gpa;       /* guest physical start */
+    uint64_t size;      /* bytes */
+    uint8_t *host;      /* cella's mapping */
+    uint64_t fd_offset; /* offset of this region in the memfd */
+};
+
+struct guest_mem {
+    int fd;        /* memfd, or -1 for a plain buffer */
+    uint64_t size; /* total RAM bytes */
+    uint8_t *base; /* mapping of the whole memfd (regions point into it) */
+    size_t nregions;
+    struct guest_mem_region regions[GUEST_MEM_MAX_REGIONS];
+};
+
+/*
+ * Creates `size` bytes of guest RAM (a multiple of 4 KiB) in a memfd,
+ * mapped shared, laid out around the PCI hole.
+ * Returns 0 or a negative errno.
+ */
+int guest_mem_init(struct guest_mem *m, uint64_t size);
+
+/* Wraps caller-owned `buf` as RAM at guest address 0 (tests, fuzzers). */
+void guest_mem_init_buffer(struct guest_mem *m, void *buf, uint64_t size);
+
+/* Unmaps and closes what guest_mem_init made; accepts a buffer-backed m. */
+void guest_mem_destroy(struct guest_mem *m);
+
+/*
+ * Host pointer for [gpa, gpa+len) if the whole range lies inside one RAM
+ * region, else NULL. len == 0 is allowed (a valid gpa is still required).
+ */
+void *guest_mem_ptr(const struct guest_mem *m, uint64_t gpa, uint64_t len);
+
+/* Copies between guest RAM and host buffers; -EFAULT when out of RAM. */
+int guest_mem_read(const struct guest_mem *m, uint64_t gpa, void *dst, size_t len);
+int guest_mem_write(const struct guest_mem *m, uint64_t gpa, const void *src, size_t len);
+
+/* The region holding gpa, or NULL. */
+const struct guest_mem_region *guest_mem_region_of(const struct guest_mem *m, uint64_t gpa);
+
+#endif

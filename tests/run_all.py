@@ -1,0 +1,175 @@
+#!/usr/bin/python3
+"""Builds cella every way CI needs and runs every test suite.
+
+Each suite reports its own counts; this script adds them up and prints
+one closing line, "N passed, N failed", that CI reads. A build that fails
+counts as a failed check and skips the suites that need it.
+"""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.environ.get("CELLA_SHARED", os.path.join(os.path.dirname(ROOT), "shared"))
+FUZZ_SECONDS = int(os.environ.get("FUZZ_SECONDS", "30"))
+
+BUILDS = {
+    # name: (environment, meson options)
+    "build": ({"CC": "gcc"}, []),
+    "build-clang": ({"CC": "clang"}, []),
+    "build-asan": ({"CC": "gcc"}, ["-Db_sanitize=address,undefined", "-Db_lundef=false",
+                                    "-Dc_args=-fno-sanitize-recover=all"]),
+    "build-fuzz": ({"CC": "clang"}, ["-Dfuzz=true", "-Dtests=false",
+                                     "-Db_sanitize=address,undefined", "-Db_lundef=false",
+                                     "-Dc_args=-fsanitize=fuzzer-no-link"]),
+}
+
+totals = {"passed": 0, "failed": 0}
+failures = []
+
+
+def record(name, passed, failed):
+    totals["passed"] += passed
+    totals["failed"] += failed
+    if failed:
+        failures.append(name)
+    print(f"== {name}: {passed} passed, {failed} failed", flush=True)
+
+
+def run(cmd, env=None, cwd=ROOT, timeout=1800):
+    e = dict(os.environ)
+    e.setdefault("UBSAN_OPTIONS", "halt_on_error=1:print_stacktrace=1")
+    e.setdefault("ASAN_OPTIONS", "detect_leaks=1")
+    e.update(env or {})
+    p = subprocess.run(cmd, cwd=cwd, env=e, stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True, errors="replace",
+                       timeout=timeout)
+    return p.returncode, p.stdout
+
+
+def build(name):
+    env, opts = BUILDS[name]
+    d = os.path.join(ROOT, name)
+    if not os.path.exists(os.path.join(d, "build.ninja")):
+        rc, out = run(["meson", "setup", d] + opts, env=env)
+        if rc != 0:
+            print(out)
+            record(f"configure {name}", 0, 1)
+            return False
+    rc, out = run(["ninja", "-C", d], env=env)
+    if rc != 0:
+        print(out[-20000:])
+        record(f"build {name}", 0, 1)
+        return False
+    record(f"build {name}", 1, 0)
+    return True
+
+
+def unit_tests(bdir):
+    rc, out = run(["meson", "introspect", "--tests", bdir])
+    tests = [t for t in json.loads(out) if "unit" in t.get("suite", []) or
+             any(s.endswith(":unit") for s in t.get("suite", []))]
+    for t in tests:
+        rc, out = run(t["cmd"], env={"CMOCKA_MESSAGE_OUTPUT": "stdout"}, timeout=600)
+        passed = sum(int(n) for n in re.findall(r"^\[  PASSED  \] (\d+) test", out, re.M))
+        failed = sum(int(n) for n in re.findall(r"^\[  FAILED  \] (\d+) test", out, re.M))
+        if rc != 0 and failed == 0:
+            failed = 1  # crashed, or a sanitizer report
+        if failed:
+            print(out[-20000:])
+        record(f"{bdir}: {t['name']}", passed, failed)
+
+
+def toml_suite():
+    decoder = os.path.join(ROOT, "build", "tools", "toml-decoder", "toml-decoder")
+    suite = os.path.join(SHARED, "reference", "toml-test")
+    rc, out = run(["/usr/bin/python3", "tests/toml/run_toml_test.py", decoder, suite,
+                   os.path.join(suite, "files-toml-1.0.0")])
+    m = re.search(r"^toml-test: (\d+) passed, (\d+) failed", out, re.M)
+    if not m:
+        print(out[-20000:])
+        record("toml-test 1.0.0", 0, 1)
+        return
+    passed, failed = int(m.group(1)), int(m.group(2))
+    if failed or rc != 0:
+        print(out[-20000:])
+    record("toml-test 1.0.0", passed, failed if rc == 0 else max(failed, 1))
+
+
+def pytest_suite(name, path):
+    rc, out = run(["/usr/bin/python3", "-m", "pytest", "-q", "-p", "no:cacheprovider", path],
+                  env={"CELLA_BUILD_DIR": os.path.join(ROOT, "build"),
+                       "CELLA_SHARED": SHARED})
+    passed = sum(int(n) for n in re.findall(r"(\d+) passed", out.splitlines()[-1] if out else ""))
+    failed = sum(int(n) for n in re.findall(r"(\d+) (?:failed|error)", out.splitlines()[-1] if out else ""))
+    if rc not in (0,) and failed == 0:
+        failed = 1  # collection errors, or no tests ran (exit 5)
+    if failed:
+        print(out[-20000:])
+    record(name, passed, failed)
+
+
+def fuzz_target(name, corpus):
+    exe = os.path.join(ROOT, "build-fuzz", "tests", "fuzz", name)
+    if not os.path.exists(exe):
+        record(f"fuzz {name}", 0, 1)
+        return
+    work = tempfile.mkdtemp(prefix=f"cella-{name}-")
+    try:
+        for f in os.listdir(corpus):
+            shutil.copy(os.path.join(corpus, f), work)
+        rc, out = run([exe, f"-max_total_time={FUZZ_SECONDS}", "-max_len=16384",
+                       "-rss_limit_mb=2048", "-timeout=10", f"-artifact_prefix={work}/",
+                       work], timeout=FUZZ_SECONDS + 300)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    m = re.search(r"Done (\d+) runs in (\d+) second", out)
+    runs = m.group(1) if m else "?"
+    print(f"   {name}: {runs} executions in {FUZZ_SECONDS} s, exit {rc}")
+    if rc != 0:
+        print(out[-20000:])
+    record(f"fuzz {name} ({runs} runs)", 1 if rc == 0 else 0, 0 if rc == 0 else 1)
+
+
+def format_check():
+    files = []
+    for top in ("src", "tests", "tools"):
+        for dirpath, _, names in os.walk(os.path.join(ROOT, top)):
+            files += [os.path.join(dirpath, n) for n in names if n.endswith((".c", ".h"))]
+    rc, out = run(["clang-format", "--dry-run", "-Werror"] + sorted(files))
+    if rc != 0:
+        print(out[-5000:])
+    record("clang-format", 1 if rc == 0 else 0, 0 if rc == 0 else 1)
+
+
+def main():
+    start = time.time()
+    if not os.path.isdir(os.path.join(SHARED, "reference")):
+        print(f"run_all: shared reference data not found at {SHARED} (set CELLA_SHARED)")
+        record("shared reference data", 0, 1)
+    built = {name: build(name) for name in BUILDS}
+    for b in ("build", "build-clang", "build-asan"):
+        if built[b]:
+            unit_tests(b)
+    if built["build"]:
+        toml_suite()
+        pytest_suite("conformance (Propolis schemas)", "tests/conformance")
+        pytest_suite("cli", "tests/cli")
+    if built["build-fuzz"]:
+        fuzz_target("fuzz_spec_json", os.path.join(ROOT, "tests/fuzz/corpus/spec"))
+        fuzz_target("fuzz_toml", os.path.join(ROOT, "tests/fuzz/corpus/toml"))
+    format_check()
+    print(f"== took {time.time() - start:.0f} s")
+    if failures:
+        print("failed: " + "; ".join(failures))
+    print(f"{totals['passed']} passed, {totals['failed']} failed")
+    return 1 if totals["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
