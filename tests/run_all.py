@@ -114,6 +114,22 @@ def pytest_suite(name, path):
     record(name, passed, failed)
 
 
+def script_suite(name, cmd):
+    """A script that ends with its own "N passed, N failed" line."""
+    rc, out = run(cmd)
+    m = re.findall(r"^(?:\w+: )?(\d+) passed, (\d+) failed", out, re.M)
+    if not m:
+        print(out[-20000:])
+        record(name, 0, 1)
+        return
+    passed, failed = int(m[-1][0]), int(m[-1][1])
+    if rc != 0 and failed == 0:
+        failed = 1
+    if failed:
+        print(out[-20000:])
+    record(name, passed, failed)
+
+
 def fuzz_target(name, corpus):
     exe = os.path.join(ROOT, "build-fuzz", "tests", "fuzz", name)
     if not os.path.exists(exe):
@@ -160,9 +176,12 @@ def main():
         toml_suite()
         pytest_suite("conformance (Propolis schemas)", "tests/conformance")
         pytest_suite("cli", "tests/cli")
+    script_suite("ACPI tables vs ACPICA (iasl, acpiexec)", ["bash", "tests/acpi/check_tables.sh"])
     if built["build-fuzz"]:
         fuzz_target("fuzz_spec_json", os.path.join(ROOT, "tests/fuzz/corpus/spec"))
         fuzz_target("fuzz_toml", os.path.join(ROOT, "tests/fuzz/corpus/toml"))
+        fuzz_target("fuzz_fw_cfg", os.path.join(ROOT, "tests/fuzz/corpus/fw_cfg"))
+        fuzz_target("fuzz_pci", os.path.join(ROOT, "tests/fuzz/corpus/pci"))
     format_check()
     print(f"== took {time.time() - start:.0f} s")
     if failures:

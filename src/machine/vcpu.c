@@ -1,0 +1,241 @@
+/* SPDX-License-Identifier: MPL-2.0 */
+#include "machine/vcpu.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "common/log.h"
+#include "machine/machine_int.h"
+
+int vcpu_create(struct machine *m, unsigned index, struct vcpu *v)
+{
+    memset(v, 0, sizeof(*v));
+    v->m = m;
+    v->index = index;
+    v->fd = ioctl(m->vm_fd, KVM_CREATE_VCPU, (unsigned long)index);
+    if (v->fd < 0)
+        return -errno;
+    int size = ioctl(m->kvm_fd, KVM_GET_VCPU_MMAP_SIZE, 0);
+    if (size < (int)sizeof(struct kvm_run)) {
+        close(v->fd);
+        v->fd = -1;
+        return -EIO;
+    }
+    v->run_size = (size_t)size;
+    v->run = mmap(NULL, v->run_size, PROT_READ | PROT_WRITE, MAP_SHARED, v->fd, 0);
+    if (v->run == MAP_FAILED) {
+        int e = -errno;
+        close(v->fd);
+        v->fd = -1;
+        v->run = NULL;
+        return e;
+    }
+    return 0;
+}
+
+void vcpu_destroy(struct vcpu *v)
+{
+    if (v->run)
+        munmap(v->run, v->run_size);
+    if (v->fd >= 0)
+        close(v->fd);
+    v->run = NULL;
+    v->fd = -1;
+}
+
+int vcpu_set_cpuid(struct vcpu *v, const struct cpuid_table *template, unsigned ncpus)
+{
+    struct cpuid_table t;
+    cpuid_for_vcpu(template, v->index, ncpus, &t);
+    struct kvm_cpuid2 *buf = calloc(1, sizeof(*buf) + t.count * sizeof(t.entries[0]));
+    if (!buf)
+        return -ENOMEM;
+    buf->nent = (uint32_t)t.count;
+    memcpy(buf->entries, t.entries, t.count * sizeof(t.entries[0]));
+    int r = ioctl(v->fd, KVM_SET_CPUID2, buf) < 0 ? -errno : 0;
+    free(buf);
+    return r;
+}
+
+static void flat_segment(struct kvm_segment *s, uint16_t selector, uint8_t type, bool code64)
+{
+    memset(s, 0, sizeof(*s));
+    s->base = 0;
+    s->limit = 0xffffffff;
+    s->selector = selector;
+    s->type = type;
+    s->present = 1;
+    s->s = 1;
+    s->g = 1;
+    s->l = code64;
+    s->db = !code64;
+}
+
+int vcpu_setup_linux(struct vcpu *v, const struct boot_entry *e)
+{
+    struct kvm_sregs sregs;
+    if (ioctl(v->fd, KVM_GET_SREGS, &sregs) < 0)
+        return -errno;
+    flat_segment(&sregs.cs, 0x10, 0xb, true);
+    flat_segment(&sregs.ds, 0x18, 0x3, false);
+    sregs.es = sregs.fs = sregs.gs = sregs.ss = sregs.ds;
+    sregs.gdt.base = e->gdt_base;
+    sregs.gdt.limit = e->gdt_limit;
+    sregs.idt.base = 0;
+    sregs.idt.limit = 0;
+    sregs.cr0 = e->cr0;
+    sregs.cr3 = e->cr3;
+    sregs.cr4 = e->cr4;
+    sregs.efer = e->efer;
+    if (ioctl(v->fd, KVM_SET_SREGS, &sregs) < 0)
+        return -errno;
+    struct kvm_regs regs;
+    memset(&regs, 0, sizeof(regs));
+    regs.rip = e->rip;
+    regs.rsi = e->rsi;
+    regs.rsp = e->rsp;
+    regs.rflags = 0x2;
+    return ioctl(v->fd, KVM_SET_REGS, &regs) < 0 ? -errno : 0;
+}
+
+#define APIC_LVT0        0x350
+#define APIC_LVT1        0x360
+#define APIC_MODE_EXTINT 0x7
+#define APIC_MODE_NMI    0x4
+
+static void set_lvt_mode(struct kvm_lapic_state *l, unsigned reg, uint32_t mode)
+{
+    uint32_t v;
+    memcpy(&v, &l->regs[reg], 4);
+    v = (v & ~0x700u) | (mode << 8);
+    memcpy(&l->regs[reg], &v, 4);
+}
+
+int vcpu_setup_lapic(struct vcpu *v)
+{
+    struct kvm_lapic_state l;
+    if (ioctl(v->fd, KVM_GET_LAPIC, &l) < 0)
+        return -errno;
+    set_lvt_mode(&l, APIC_LVT0, APIC_MODE_EXTINT);
+    set_lvt_mode(&l, APIC_LVT1, APIC_MODE_NMI);
+    return ioctl(v->fd, KVM_SET_LAPIC, &l) < 0 ? -errno : 0;
+}
+
+int vcpu_setup_fpu_msrs(struct vcpu *v)
+{
+    struct kvm_fpu fpu;
+    memset(&fpu, 0, sizeof(fpu));
+    fpu.fcw = 0x37f;
+    fpu.mxcsr = 0x1f80;
+    if (ioctl(v->fd, KVM_SET_FPU, &fpu) < 0)
+        return -errno;
+    struct kvm_msrs *msrs = calloc(1, sizeof(*msrs) + sizeof(struct kvm_msr_entry));
+    if (!msrs)
+        return -ENOMEM;
+    msrs->nmsrs = 1;
+    msrs->entries[0].index = 0x1a0; /* IA32_MISC_ENABLE: fast strings */
+    msrs->entries[0].data = 1;
+    int r = ioctl(v->fd, KVM_SET_MSRS, msrs) < 0 ? -errno : 0;
+    free(msrs);
+    return r;
+}
+
+static void handle_io(struct vcpu *v)
+{
+    struct kvm_run *run = v->run;
+    uint8_t *data = (uint8_t *)run + run->io.data_offset;
+    unsigned size = run->io.size;
+    for (uint32_t i = 0; i < run->io.count; i++, data += size) {
+        if (run->io.direction == KVM_EXIT_IO_OUT) {
+            uint64_t val = 0;
+            memcpy(&val, data, size);
+            bus_write(&v->m->pio, run->io.port, size, val);
+        } else {
+            uint64_t val = bus_read(&v->m->pio, run->io.port, size);
+            memcpy(data, &val, size);
+        }
+    }
+}
+
+static void handle_mmio(struct vcpu *v)
+{
+    struct kvm_run *run = v->run;
+    unsigned len = run->mmio.len;
+    if (len == 0 || len > 8)
+        return;
+    if (run->mmio.is_write) {
+        uint64_t val = 0;
+        memcpy(&val, run->mmio.data, len);
+        bus_write(&v->m->mmio, run->mmio.phys_addr, len, val);
+    } else {
+        uint64_t val = bus_read(&v->m->mmio, run->mmio.phys_addr, len);
+        memcpy(run->mmio.data, &val, len);
+    }
+}
+
+/* Returns false when the loop must end. */
+static bool handle_exit(struct vcpu *v)
+{
+    struct kvm_run *run = v->run;
+    switch (run->exit_reason) {
+    case KVM_EXIT_IO:
+        handle_io(v);
+        return true;
+    case KVM_EXIT_MMIO:
+        handle_mmio(v);
+        return true;
+    case KVM_EXIT_SHUTDOWN:
+        /* Triple fault: the PC resets. */
+        machine_event(v->m, MACHINE_EV_RESET, "triple fault");
+        return false;
+    case KVM_EXIT_HLT:
+        return true;
+    case KVM_EXIT_SYSTEM_EVENT:
+        machine_event(v->m,
+                      run->system_event.type == KVM_SYSTEM_EVENT_RESET ? MACHINE_EV_RESET
+                                                                       : MACHINE_EV_POWEROFF,
+                      "system event");
+        return false;
+    case KVM_EXIT_FAIL_ENTRY:
+        machine_eventf(v->m, MACHINE_EV_FAILURE, "vCPU %u: entry failed, reason %#llx", v->index,
+                       (unsigned long long)run->fail_entry.hardware_entry_failure_reason);
+        return false;
+    case KVM_EXIT_INTERNAL_ERROR:
+        machine_eventf(v->m, MACHINE_EV_FAILURE, "vCPU %u: KVM internal error, suberror %u",
+                       v->index, run->internal.suberror);
+        return false;
+    default:
+        machine_eventf(v->m, MACHINE_EV_FAILURE, "vCPU %u: unexpected exit %u", v->index,
+                       run->exit_reason);
+        return false;
+    }
+}
+
+void *vcpu_thread(void *arg)
+{
+    struct vcpu *v = arg;
+    struct machine *m = v->m;
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, MACHINE_KICK_SIGNAL);
+    pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+    while (!atomic_load(&m->stopping)) {
+        if (ioctl(v->fd, KVM_RUN, 0) < 0) {
+            if (errno == EINTR || errno == EAGAIN) {
+                v->run->immediate_exit = 0;
+                continue;
+            }
+            machine_eventf(m, MACHINE_EV_FAILURE, "vCPU %u: KVM_RUN failed: %s", v->index,
+                           strerror(errno));
+            break;
+        }
+        if (!handle_exit(v))
+            break;
+    }
+    return NULL;
+}

@@ -1,0 +1,208 @@
+/* SPDX-License-Identifier: MPL-2.0 */
+#include "machine/x86_boot.h"
+
+#include <errno.h>
+#include <string.h>
+
+/* Offsets in a bzImage / boot_params (Documentation/arch/x86/boot.rst). */
+#define HDR_SETUP_SECTS     0x1f1
+#define HDR_BOOT_FLAG       0x1fe
+#define HDR_JUMP            0x200
+#define HDR_MAGIC           0x202
+#define HDR_VERSION         0x206
+#define HDR_TYPE_OF_LOADER  0x210
+#define HDR_LOADFLAGS       0x211
+#define HDR_RAMDISK_IMAGE   0x218
+#define HDR_RAMDISK_SIZE    0x21c
+#define HDR_HEAP_END_PTR    0x224
+#define HDR_CMD_LINE_PTR    0x228
+#define HDR_INITRD_ADDR_MAX 0x22c
+#define HDR_XLOADFLAGS      0x236
+#define HDR_CMDLINE_SIZE    0x238
+#define HDR_INIT_SIZE       0x260
+#define BP_ACPI_RSDP_ADDR   0x070
+#define BP_E820_ENTRIES     0x1e8
+#define BP_E820_TABLE       0x2d0
+#define BP_E820_MAX         128
+
+#define LOADFLAG_LOADED_HIGH  0x01
+#define LOADFLAG_CAN_USE_HEAP 0x80
+#define XLF_KERNEL_64         0x01
+
+static uint16_t le16(const uint8_t *p)
+{
+    return (uint16_t)(p[0] | p[1] << 8);
+}
+
+static uint32_t le32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static void put16(uint8_t *p, uint16_t v)
+{
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+}
+
+static void put32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static void put64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static void add_e820(struct e820_map *m, uint64_t addr, uint64_t size, uint32_t type)
+{
+    if (size && m->count < E820_MAX)
+        m->e[m->count++] = (struct e820_entry){addr, size, type};
+}
+
+void e820_build(const struct guest_mem *m, struct e820_map *out)
+{
+    out->count = 0;
+    const struct guest_mem_region *low = &m->regions[0];
+    add_e820(out, 0, BOOT_EBDA_START, E820_RAM);
+    add_e820(out, BOOT_EBDA_START, 0xa0000 - BOOT_EBDA_START, E820_RESERVED);
+    add_e820(out, BOOT_ACPI_ADDR, 0x100000 - BOOT_ACPI_ADDR, E820_RESERVED);
+    if (low->size > 0x100000)
+        add_e820(out, 0x100000, low->size - 0x100000, E820_RAM);
+    for (size_t i = 1; i < m->nregions; i++)
+        add_e820(out, m->regions[i].gpa, m->regions[i].size, E820_RAM);
+}
+
+static int write_tables(const struct guest_mem *m, struct boot_entry *entry)
+{
+    /* GDT: null, null, 64-bit code (0x10), flat data (0x18) as the boot protocol wants. */
+    static const uint64_t gdt[4] = {0, 0, 0x00af9b000000ffffull, 0x00cf93000000ffffull};
+    if (guest_mem_write(m, BOOT_GDT_ADDR, gdt, sizeof(gdt)) < 0)
+        return -EFAULT;
+    /* Identity map 0-4 GiB: PML4[0] -> PDPT, PDPT[0..3] -> 4 PDs of 2 MiB pages. */
+    uint64_t pml4 = BOOT_PML4_ADDR, pdpt = pml4 + 0x1000, pd = pdpt + 0x1000;
+    uint64_t e = pdpt | 0x3;
+    if (guest_mem_write(m, pml4, &e, 8) < 0)
+        return -EFAULT;
+    for (uint64_t i = 0; i < 4; i++) {
+        e = (pd + i * 0x1000) | 0x3;
+        if (guest_mem_write(m, pdpt + i * 8, &e, 8) < 0)
+            return -EFAULT;
+    }
+    for (uint64_t i = 0; i < 4 * 512; i++) {
+        e = (i << 21) | 0x83; /* present, writable, 2 MiB */
+        if (guest_mem_write(m, pd + i * 8, &e, 8) < 0)
+            return -EFAULT;
+    }
+    entry->gdt_base = BOOT_GDT_ADDR;
+    entry->gdt_limit = sizeof(gdt) - 1;
+    entry->cr3 = pml4;
+    entry->cr4 = 0x20;                    /* PAE */
+    entry->cr0 = 0x80050033;              /* PG WP NE ET MP PE */
+    entry->efer = (1u << 8) | (1u << 10); /* LME LMA */
+    return 0;
+}
+
+static int check_header(const uint8_t *k, size_t len, struct cella_errors *errs)
+{
+    if (len < 0x1000 || le16(k + HDR_BOOT_FLAG) != 0xaa55 || le32(k + HDR_MAGIC) != 0x53726448)
+        return cella_err(errs, -EINVAL, "", "kernel: not a bzImage (no boot sector or HdrS)");
+    uint16_t version = le16(k + HDR_VERSION);
+    if (version < 0x020c || !(le16(k + HDR_XLOADFLAGS) & XLF_KERNEL_64))
+        return cella_err(errs, -EINVAL, "",
+                         "kernel: boot protocol %u.%02u without a 64-bit entry point "
+                         "(need 2.12+ with XLF_KERNEL_64)",
+                         version >> 8, version & 0xff);
+    return 0;
+}
+
+static int load_initrd(const struct guest_mem *m, const uint8_t *k, uint64_t kernel_end,
+                       const void *initrd, size_t initrd_len, uint8_t *bp,
+                       struct cella_errors *errs)
+{
+    if (!initrd || !initrd_len)
+        return 0;
+    uint64_t max = (uint64_t)le32(k + HDR_INITRD_ADDR_MAX) + 1;
+    uint64_t top = m->regions[0].size < max ? m->regions[0].size : max;
+    if (initrd_len > top || ((top - initrd_len) & ~0xfffull) < kernel_end)
+        return cella_err(errs, -E2BIG, "",
+                         "initrd: %zu bytes do not fit below %#llx after the kernel; give the VM "
+                         "more memory",
+                         initrd_len, (unsigned long long)top);
+    uint64_t at = (top - initrd_len) & ~0xfffull;
+    if (guest_mem_write(m, at, initrd, initrd_len) < 0)
+        return cella_err(errs, -EFAULT, "", "initrd: cannot write at %#llx",
+                         (unsigned long long)at);
+    put32(bp + HDR_RAMDISK_IMAGE, (uint32_t)at);
+    put32(bp + HDR_RAMDISK_SIZE, (uint32_t)initrd_len);
+    return 0;
+}
+
+static void write_e820(const struct guest_mem *m, uint8_t *bp)
+{
+    struct e820_map map;
+    e820_build(m, &map);
+    bp[BP_E820_ENTRIES] = (uint8_t)map.count;
+    for (size_t i = 0; i < map.count && i < BP_E820_MAX; i++) {
+        uint8_t *e = bp + BP_E820_TABLE + i * 20;
+        put64(e, map.e[i].addr);
+        put64(e + 8, map.e[i].size);
+        put32(e + 16, map.e[i].type);
+    }
+}
+
+int x86_load_linux(const struct guest_mem *m, const void *kernel, size_t kernel_len,
+                   const void *initrd, size_t initrd_len, const char *cmdline, uint64_t rsdp,
+                   struct boot_entry *entry, struct cella_errors *errs)
+{
+    const uint8_t *k = kernel;
+    int r = check_header(k, kernel_len, errs);
+    if (r < 0)
+        return r;
+    unsigned setup_sects = k[HDR_SETUP_SECTS] ? k[HDR_SETUP_SECTS] : 4;
+    size_t setup_len = (size_t)(setup_sects + 1) * 512;
+    if (setup_len >= kernel_len)
+        return cella_err(errs, -EINVAL, "", "kernel: setup (%zu bytes) is the whole file",
+                         setup_len);
+    size_t pm_len = kernel_len - setup_len;
+    uint64_t init_size = le32(k + HDR_INIT_SIZE);
+    uint64_t kernel_end = BOOT_KERNEL_ADDR + (init_size > pm_len ? init_size : pm_len);
+    if (kernel_end > m->regions[0].size ||
+        guest_mem_write(m, BOOT_KERNEL_ADDR, k + setup_len, pm_len) < 0)
+        return cella_err(errs, -E2BIG, "", "kernel: needs %llu bytes at 1 MiB; too little memory",
+                         (unsigned long long)(kernel_end - BOOT_KERNEL_ADDR));
+
+    uint8_t bp[4096] = {0};
+    size_t hdr_end = HDR_JUMP + 2 + k[HDR_JUMP + 1];
+    memcpy(bp + HDR_SETUP_SECTS, k + HDR_SETUP_SECTS, hdr_end - HDR_SETUP_SECTS);
+    bp[HDR_TYPE_OF_LOADER] = 0xff;
+    bp[HDR_LOADFLAGS] |= LOADFLAG_LOADED_HIGH | LOADFLAG_CAN_USE_HEAP;
+    put16(bp + HDR_HEAP_END_PTR, 0xfe00 - 0x200);
+
+    size_t clen = cmdline ? strlen(cmdline) : 0;
+    uint32_t cmax = le32(k + HDR_CMDLINE_SIZE);
+    if (clen >= BOOT_CMDLINE_MAX || (cmax && clen > cmax))
+        return cella_err(errs, -E2BIG, "", "kernel command line of %zu bytes is too long", clen);
+    if (guest_mem_write(m, BOOT_CMDLINE_ADDR, cmdline ? cmdline : "", clen + 1) < 0)
+        return -EFAULT;
+    put32(bp + HDR_CMD_LINE_PTR, BOOT_CMDLINE_ADDR);
+
+    r = load_initrd(m, k, kernel_end, initrd, initrd_len, bp, errs);
+    if (r < 0)
+        return r;
+    write_e820(m, bp);
+    if (rsdp)
+        put64(bp + BP_ACPI_RSDP_ADDR, rsdp);
+    if (guest_mem_write(m, BOOT_PARAMS_ADDR, bp, sizeof(bp)) < 0)
+        return -EFAULT;
+    memset(entry, 0, sizeof(*entry));
+    if (write_tables(m, entry) < 0)
+        return cella_err(errs, -EFAULT, "", "guest memory too small for boot tables");
+    entry->rip = BOOT_KERNEL_ADDR + 0x200;
+    entry->rsi = BOOT_PARAMS_ADDR;
+    entry->rsp = 0x8ff0;
+    return 0;
+}
