@@ -7,11 +7,8 @@
  * them on the buses and connects their interrupt lines and callbacks.
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "common/log.h"
 #include "devices/acpi.h"
@@ -21,6 +18,7 @@
 #include "devices/pci_host.h"
 #include "devices/platform.h"
 #include "devices/uart16550.h"
+#include "machine/boot_fw.h"
 #include "machine/machine_int.h"
 #include "machine/x86_boot.h"
 
@@ -47,6 +45,7 @@ struct machine_devices {
     size_t nbridges;
     struct pci_bridge *bridges;
     bool ecam;
+    struct boot_fw fw;
 };
 
 /* ECAM window for enable_pcie: 256 buses x 1 MiB, in the PCI hole. */
@@ -276,47 +275,14 @@ static int place_acpi(struct machine *m, uint64_t *rsdp, struct cella_errors *er
     return 0;
 }
 
-/* Reads a whole boot file into memory; caller frees. */
-static int read_file(const char *path, void **out, size_t *len, struct cella_errors *errs)
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return cella_err(errs, -errno, "", "cannot open %s: %s", path, strerror(errno));
-    struct stat st;
-    int r = 0;
-    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size <= 0 ||
-        (uint64_t)st.st_size > BOOT_FILE_MAX) {
-        r = cella_err(errs, -EINVAL, "", "%s is not a regular file of 1 byte to %u MiB", path,
-                      BOOT_FILE_MAX >> 20);
-        close(fd);
-        return r;
-    }
-    uint8_t *buf = malloc((size_t)st.st_size);
-    size_t got = 0;
-    while (buf && got < (size_t)st.st_size) {
-        ssize_t n = read(fd, buf + got, (size_t)st.st_size - got);
-        if (n <= 0)
-            break;
-        got += (size_t)n;
-    }
-    close(fd);
-    if (!buf || got != (size_t)st.st_size) {
-        free(buf);
-        return cella_err(errs, -EIO, "", "cannot read %s", path);
-    }
-    *out = buf;
-    *len = got;
-    return 0;
-}
-
 static int boot_linux(struct machine *m, const struct machine_host *host, uint64_t rsdp,
                       struct cella_errors *errs)
 {
     void *kernel = NULL, *initrd = NULL;
     size_t klen = 0, ilen = 0;
-    int r = read_file(host->kernel, &kernel, &klen, errs);
+    int r = read_boot_file(host->kernel, BOOT_FILE_MAX, &kernel, &klen, errs);
     if (r == 0 && host->initrd)
-        r = read_file(host->initrd, &initrd, &ilen, errs);
+        r = read_boot_file(host->initrd, BOOT_FILE_MAX, &initrd, &ilen, errs);
     struct boot_entry entry;
     if (r == 0)
         r = x86_load_linux(&m->mem, kernel, klen, initrd, ilen, host->cmdline, rsdp, &entry, errs);
@@ -340,6 +306,11 @@ int machine_devices_create(struct machine *m, const struct instance_spec *spec,
         r = add_pci(m, spec, errs);
     if (r < 0)
         return r;
+    if (host->bootrom) {
+        struct acpi_platform p;
+        describe_platform(m, &p);
+        return boot_fw_setup(m, &m->dev->fw, host, &p, errs);
+    }
     if (host->kernel) {
         uint64_t rsdp = 0;
         r = place_acpi(m, &rsdp, errs);
@@ -363,6 +334,7 @@ void machine_devices_destroy(struct machine *m)
     if (m->dev->pci_ok)
         pci_topology_destroy(&m->dev->pci);
     free(m->dev->bridges);
+    boot_fw_destroy(&m->dev->fw);
     free(m->dev);
     m->dev = NULL;
 }

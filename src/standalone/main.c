@@ -98,15 +98,16 @@ static void *input_thread(void *arg)
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: cella-standalone CONFIG.toml (--kernel FILE [--initrd FILE] [--cmdline TEXT]\n"
-            "                                     | --bootrom FILE [--linuxboot-rom FILE])\n"
-            "                        [--serial comN=PATH] [--log-level LEVEL]\n"
-            "\n"
-            "Runs one VM from a config TOML with COM1 on stdin/stdout until the guest\n"
-            "powers off. Ctrl-] detaches (stops the VM).\n"
-            "Exit status: 0 powered off, 1 invalid config or VM build failure, 2 usage,\n"
-            "3 guest panic, 4 VM failure, 5 detached.\n");
+    fprintf(f, "usage: cella-standalone CONFIG.toml [--bootrom FILE [--linuxboot-rom FILE]]\n"
+               "                        [--kernel FILE [--initrd FILE] [--cmdline TEXT]]\n"
+               "                        [--serial comN=PATH] [--log-level LEVEL]\n"
+               "\n"
+               "Runs one VM from a config TOML with COM1 on stdin/stdout until the guest\n"
+               "powers off. Ctrl-] detaches (stops the VM). With --kernel alone the kernel\n"
+               "is booted directly; with --bootrom the firmware boots (and, given --kernel\n"
+               "and the linuxboot_dma.bin option ROM, loads that kernel through fw_cfg).\n"
+               "Exit status: 0 powered off, 1 invalid config or VM build failure, 2 usage,\n"
+               "3 guest panic, 4 VM failure, 5 detached.\n");
 }
 
 struct args {
@@ -175,7 +176,7 @@ static int parse_args(int argc, char **argv, struct args *a)
             return -EINVAL;
         }
     }
-    if (optind != argc - 1 || !!a->host.kernel == !!a->host.bootrom) {
+    if (optind != argc - 1 || (!a->host.kernel && !a->host.bootrom)) {
         usage(stderr);
         return -EINVAL;
     }
