@@ -130,6 +130,20 @@ def script_suite(name, cmd):
     record(name, passed, failed)
 
 
+def integration_suite():
+    """Real guests on real KVM, through the test host (tests/integration/run)."""
+    rc, out = run(["bash", "tests/integration/run"],
+                  env={"CELLA_BUILD_DIR": os.path.join(ROOT, "build")}, timeout=2400)
+    summary = re.findall(r"^=*\s*(.*\d+ (?:passed|failed|error).*?)\s*=*$", out, re.M)
+    line = summary[-1] if summary else ""
+    passed = sum(int(n) for n in re.findall(r"(\d+) passed", line))
+    failed = sum(int(n) for n in re.findall(r"(\d+) (?:failed|errors?)", line))
+    if rc != 0 and failed == 0:
+        failed = 1
+    print(out[-6000:] if failed else out[-1500:])
+    record("integration (real guests on KVM)", passed, failed)
+
+
 def fuzz_target(name, corpus):
     exe = os.path.join(ROOT, "build-fuzz", "tests", "fuzz", name)
     if not os.path.exists(exe):
@@ -177,6 +191,10 @@ def main():
         pytest_suite("conformance (Propolis schemas)", "tests/conformance")
         pytest_suite("cli", "tests/cli")
     script_suite("ACPI tables vs ACPICA (iasl, acpiexec)", ["bash", "tests/acpi/check_tables.sh"])
+    if built["build"] and os.environ.get("CELLA_SKIP_INTEGRATION") != "1":
+        script_suite("test host smoke (nested KVM, QEMU oracle)",
+                     ["bash", "tests/testhost/smoke.sh"])
+        integration_suite()
     if built["build-fuzz"]:
         fuzz_target("fuzz_spec_json", os.path.join(ROOT, "tests/fuzz/corpus/spec"))
         fuzz_target("fuzz_toml", os.path.join(ROOT, "tests/fuzz/corpus/toml"))

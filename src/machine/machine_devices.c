@@ -7,6 +7,7 @@
  * them on the buses and connects their interrupt lines and callbacks.
  */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -293,9 +294,30 @@ static int boot_linux(struct machine *m, const struct machine_host *host, uint64
     return r;
 }
 
+/*
+ * Devices the spec may name but this build does not emulate yet are
+ * refused by name rather than silently left out of the guest.
+ */
+static int refuse_unbuilt(const struct instance_spec *spec, struct cella_errors *errs)
+{
+    int r = 0;
+    for (size_t i = 0; i < spec->count; i++) {
+        const struct spec_component *c = &spec->components[i];
+        if (c->kind != SK_VIRTIO_DISK && c->kind != SK_NVME_DISK && c->kind != SK_VIRTIO_NIC)
+            continue;
+        char ptr[CELLA_ERR_POINTER_MAX];
+        snprintf(ptr, sizeof(ptr), "/components/%s", c->key);
+        r = cella_err(errs, -ENOTSUP, ptr, "%s devices are not emulated by this build yet",
+                      spec_kind_name(c->kind));
+    }
+    return r;
+}
+
 int machine_devices_create(struct machine *m, const struct instance_spec *spec,
                            const struct machine_host *host, struct cella_errors *errs)
 {
+    if (refuse_unbuilt(spec, errs) < 0)
+        return -ENOTSUP;
     m->dev = calloc(1, sizeof(*m->dev));
     if (!m->dev)
         return cella_err(errs, -ENOMEM, "", "out of memory");
