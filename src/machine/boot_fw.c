@@ -201,7 +201,8 @@ static int fill_linux(struct machine *m, struct fw_cfg *fw, struct linux_files *
         r = r ?: fw_cfg_add_u32(fw, FW_CFG_INITRD_SIZE, (uint32_t)f->ilen);
         r = r ?: fw_cfg_add_bytes(fw, FW_CFG_INITRD_DATA, f->initrd, f->ilen);
     }
-    r = r ?: fw_cfg_add_file(fw, "genroms/linuxboot_dma.bin", f->rom, f->romlen);
+    if (f->rom)
+        r = r ?: fw_cfg_add_file(fw, "genroms/linuxboot_dma.bin", f->rom, f->romlen);
     if (r < 0)
         return cella_err(errs, r, "", "fw_cfg: cannot add the kernel: %s", strerror(-r));
     return 0;
@@ -223,7 +224,7 @@ static int add_linux(struct machine *m, struct fw_cfg *fw, const struct machine_
         r = read_boot_file(host->initrd, KERNEL_FILE_MAX, &p, &f.ilen, errs);
         f.initrd = r == 0 ? p : NULL;
     }
-    if (r == 0) {
+    if (r == 0 && host->linuxboot_rom) {
         r = read_boot_file(host->linuxboot_rom, 1u << 20, &p, &f.romlen, errs);
         f.rom = r == 0 ? p : NULL;
     }
@@ -256,14 +257,12 @@ int boot_fw_setup(struct machine *m, struct boot_fw *b, const struct machine_hos
     r = r ?: add_acpi(fw, acpi);
     if (r < 0)
         return cella_err(errs, r, "", "fw_cfg: %s", strerror(-r));
-    if (host->kernel) {
-        if (!host->linuxboot_rom)
-            return cella_err(errs, -EINVAL, "",
-                             "booting a kernel through the bootrom needs the linuxboot_dma.bin "
-                             "option ROM (--linuxboot-rom)");
-        if ((r = add_linux(m, fw, host, errs)) < 0)
-            return r;
-    }
+    /*
+     * OVMF loads a fw_cfg kernel by itself; SeaBIOS needs the linuxboot
+     * option ROM for it, which is then required.
+     */
+    if (host->kernel && (r = add_linux(m, fw, host, errs)) < 0)
+        return r;
     r = bus_register(&m->pio, FW_CFG_IO_BASE, FW_CFG_IO_SIZE, &fw_cfg_io_ops, fw, "fw_cfg");
     if (r < 0)
         return cella_err(errs, r, "", "cannot map fw_cfg: %s", strerror(-r));

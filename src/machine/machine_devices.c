@@ -43,6 +43,7 @@ struct machine_devices {
     bool cmos_ok, pm_ok, pci_ok;
     struct pci_topology pci;
     struct pci_host host;
+    struct pci_func piix4_pm; /* 0.1.3: only tells firmware where the PM block is */
     size_t nbridges;
     struct pci_bridge *bridges;
     bool ecam;
@@ -221,6 +222,30 @@ static int add_bridges(struct machine *m, const struct instance_spec *spec,
     return 0;
 }
 
+/*
+ * The PIIX4 power-management function at 0.1.3. cella's ACPI PM block sits
+ * at fixed ports (PM_IO_BASE); this function only reports that base (PMBA,
+ * read-only) and "enabled" (PMREGMISC) to firmware such as OVMF, which
+ * finds the ACPI timer through it. SMBus and SMM are not provided.
+ */
+static int add_piix4_pm(struct machine_devices *d)
+{
+    struct pci_func *f = &d->piix4_pm;
+    pci_func_init(f, "piix4-pm", PCI_HEADER_TYPE_NORMAL);
+    pci_func_set_ids(f, 0x8086, 0x7113);
+    pci_func_set_class(f, 0x068000);
+    pci_func_set_revision(f, 0x03);
+    pci_cfg_poke(f, 0x40, 4, PM_IO_BASE | 1); /* PMBA, I/O space indicator */
+    pci_cfg_poke(f, 0x80, 1, 1);              /* PMREGMISC: PM I/O enabled */
+    /*
+     * DEVACTB with APMC_EN already set: "SMM is set up". There is no SMI
+     * here, and SeaBIOS would otherwise trigger one and wait for it forever.
+     */
+    pci_cfg_poke(f, 0x58, 4, 1u << 25);
+    struct pci_path p = {0, 1, 3};
+    return pci_topology_add(&d->pci, &p, f);
+}
+
 static int add_pci(struct machine *m, const struct instance_spec *spec, struct cella_errors *errs)
 {
     struct machine_devices *d = m->dev;
@@ -231,7 +256,7 @@ static int add_pci(struct machine *m, const struct instance_spec *spec, struct c
     d->pci_ok = true;
     struct pci_host_hooks hh = {.ctx = m, .reset_request = on_pci_reset};
     pci_host_init(&d->host, &d->pci, &hh);
-    if ((r = pci_host_add_chipset(&d->host)) < 0)
+    if ((r = pci_host_add_chipset(&d->host)) < 0 || (r = add_piix4_pm(d)) < 0)
         return cella_err(errs, r, "", "pci chipset: %s", strerror(-r));
     if ((r = add_bridges(m, spec, errs)) < 0)
         return r;

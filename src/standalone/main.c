@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <termios.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/log.h"
@@ -206,7 +207,12 @@ static int boot(struct standalone *s, const struct instance_spec *spec,
     struct machine_callbacks cb = {.ctx = s, .event = on_event, .serial_out = on_serial};
     struct cella_errors errs = {0};
     struct machine *m;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     int r = machine_create(spec, host, &cb, &m, &errs);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    log_msg(LOG_DEBUG, "standalone", "machine built in %.1f ms",
+            (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6);
     if (r < 0) {
         fprintf(stderr, "cella-standalone: cannot build the VM:\n");
         cella_errors_print(&errs, stderr);

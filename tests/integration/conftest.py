@@ -53,12 +53,15 @@ def standalone():
 class Vm:
     """A cella-standalone process with the guest kit; console via GuestConsole."""
 
-    def __init__(self, exe, kit, tmp_path, config, extra=(), firmware=False, cmdline=None):
+    def __init__(self, exe, kit, tmp_path, config, extra=(), firmware=False, cmdline=None,
+                 bootrom=SEABIOS):
         self.config = tmp_path / "vm.toml"
         self.config.write_text(config)
         argv = [exe, str(self.config)]
         if firmware:
-            argv += ["--bootrom", SEABIOS, "--linuxboot-rom", LINUXBOOT]
+            argv += ["--bootrom", bootrom]
+            if bootrom == SEABIOS:
+                argv += ["--linuxboot-rom", LINUXBOOT]
         argv += ["--kernel", kit["GUEST_BZIMAGE"], "--initrd", kit["GUEST_INITRAMFS"],
                  "--cmdline", cmdline or kit["GUEST_CMDLINE"]]
         argv += list(extra)

@@ -1,5 +1,6 @@
 """The machine on real KVM: direct Linux boot and SeaBIOS, SMP, memory,
 reboot, power-off, pvpanic, COM2, CPUID refusal (issue 3, section 5)."""
+import os
 import subprocess
 
 import pytest
@@ -87,3 +88,20 @@ def test_cpuid_the_host_lacks_is_refused(standalone, kit, tmp_path):
     assert p.returncode == 1, p.stderr
     assert "leaf 0x7" in p.stderr and "cannot provide" in p.stderr, p.stderr
     assert "/board/cpuid/entries/" in p.stderr
+
+
+OVMF = "/usr/share/ovmf/OVMF.fd"
+
+
+@pytest.mark.skipif(os.environ.get("CELLA_TESTHOST_MODE") == "nested",
+                    reason="OVMF cannot run in the nested test host: the outer QEMU-TCG aborts "
+                           "(tcg_handle_interrupt assertion) when a guest under nested SVM writes "
+                           "CR8, which OVMF does; this test runs on hosts with VT-x/AMD-V")
+def test_ovmf_boots_kernel_via_fw_cfg(vm):
+    if not os.path.exists(OVMF):
+        pytest.skip("Debian's ovmf package is not installed")
+    v = vm(small_config(cpus=2, memory=1024), firmware=True, bootrom=OVMF)
+    v.ready(timeout=240)
+    assert v.check("nproc") == ["2"]
+    assert v.check("test -d /sys/firmware/efi && echo efi") == ["efi"]
+    assert v.console.poweroff() == 0
