@@ -190,6 +190,7 @@ def main():
         toml_suite()
         pytest_suite("conformance (Propolis schemas)", "tests/conformance")
         pytest_suite("cli", "tests/cli")
+        pytest_suite("api (HTTP server, fake and real instance)", "tests/api")
     script_suite("ACPI tables vs ACPICA (iasl, acpiexec)", ["bash", "tests/acpi/check_tables.sh"])
     if built["build"] and os.environ.get("CELLA_SKIP_INTEGRATION") != "1":
         script_suite("test host smoke (nested KVM, QEMU oracle)",

@@ -22,7 +22,12 @@ enum cli_status {
     CLI_INVALID = 1,   /* the input is invalid or could not be read */
     CLI_USAGE = 2,     /* the command line is wrong */
     CLI_DIFFERENT = 3, /* `spec diff`: the specs differ in what a guest sees */
+    /* Commands that talk to a server: it cannot be reached (same value). */
+    CLI_UNREACHABLE = 3,
 };
+
+/* Where the server commands go unless --server or $CELLA_SERVER says. */
+#define CLI_DEFAULT_SERVER "127.0.0.1:12400"
 
 /* An option a leaf command takes ("--compact"); only long forms. */
 struct cli_option {
@@ -39,6 +44,7 @@ struct cli_args {
     char **argv; /* operands only, options removed */
     bool set[CLI_MAX_OPTIONS];
     const char *value[CLI_MAX_OPTIONS];
+    const char *server; /* the global --server ADDR:PORT, never NULL */
 };
 
 struct cli_command {
@@ -52,10 +58,24 @@ struct cli_command {
     int (*run)(const struct cli_command *cmd, const struct cli_args *args);
     /* Groups: the subcommands, terminated by a NULL name. */
     const struct cli_command *subs;
+    /* Groups: more subcommands defined in another file, listed after subs. */
+    const struct cli_command *more_subs;
 };
 
 /* The `spec` group (cmd_spec.c). */
 extern const struct cli_command cli_spec_commands[];
+
+/*
+ * Commands that drive a Propolis v5 server at args->server: the top-level
+ * new, get, state, monitor, nmi and serial, and `spec get` (cmd_instance.c,
+ * cmd_serial.c).
+ */
+extern const struct cli_command cli_server_commands[];
+extern const struct cli_command cli_spec_server_commands[];
+
+/* `cella serial` (cmd_serial.c), an entry of cli_server_commands. */
+int cli_cmd_serial(const struct cli_command *cmd, const struct cli_args *args);
+extern const struct cli_option cli_serial_options[];
 
 /*
  * Reads all of path ("-" is stdin) into a NUL-terminated buffer the caller

@@ -4,6 +4,7 @@
  * and the dispatcher; each group of commands lives in its own file.
  */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cli/cli.h"
@@ -16,10 +17,12 @@ static const struct cli_command top_commands[] = {
     {
         .name = "spec",
         .operands = "COMMAND [ARGS]",
-        .summary = "Convert, check and compare instance specs (offline)",
-        .help = "Work with instance specs without a server: turn a config TOML file\n"
-                "into a spec, check a spec, compare two specs as a guest sees them.\n",
+        .summary = "Convert, check and compare instance specs",
+        .help = "Work with instance specs: turn a config TOML file into a spec, check a\n"
+                "spec, compare two specs as a guest sees them (all without a server), or\n"
+                "fetch the spec of a server's instance (get).\n",
         .subs = cli_spec_commands,
+        .more_subs = cli_spec_server_commands,
     },
     {0},
 };
@@ -28,11 +31,22 @@ static const struct cli_command top = {
     .name = "cella",
     .operands = "COMMAND [ARGS]",
     .help = "cella is a VMM for Linux/KVM that follows Oxide Propolis's design: one\n"
-            "instance spec describes a VM. This is its client command line.\n",
+            "instance spec describes a VM. This is its client command line.\n"
+            "\n"
+            "Commands that talk to a server use --server ADDR:PORT (before or after\n"
+            "COMMAND), else the environment variable CELLA_SERVER, else\n" CLI_DEFAULT_SERVER
+            ". Any server speaking Propolis's API version 5 will do.\n",
     .subs = top_commands,
+    .more_subs = cli_server_commands,
 };
 
 static const char status_help[] = "Exit status: 0 success, 1 invalid input, 2 usage error.\n";
+static const char top_status_help[] =
+    "Exit status: 0 success, 1 invalid input or the server said no, 2 usage\n"
+    "error, 3 the server cannot be reached (`spec diff`: differences found).\n";
+
+/* The global --server, $CELLA_SERVER or the default; set once by main(). */
+static const char *server_addr = CLI_DEFAULT_SERVER;
 
 static bool is_help(const char *a)
 {
@@ -55,22 +69,26 @@ static void print_help(const char *path, const struct cli_command *cmd)
         printf("\nCommands:\n");
         for (const struct cli_command *s = cmd->subs; s->name; s++)
             printf("  %-12s %s\n", s->name, s->summary);
+        for (const struct cli_command *s = cmd->more_subs; s && s->name; s++)
+            printf("  %-12s %s\n", s->name, s->summary);
     }
     printf("\nOptions:\n");
     for (const struct cli_option *o = cmd->options; o && o->name; o++) {
         char left[48];
         snprintf(left, sizeof(left), "--%s%s%s", o->name, o->value ? " " : "",
                  o->value ? o->value : "");
-        printf("  %-18s %s\n", left, o->help);
+        printf("  %-20s %s\n", left, o->help);
     }
-    printf("  %-18s %s\n", "-h, --help", "Show this help and exit");
-    if (cmd == &top)
-        printf("  %-18s %s\n", "--version", "Show the version and exit");
+    printf("  %-20s %s\n", "-h, --help", "Show this help and exit");
+    if (cmd == &top) {
+        printf("  %-20s %s\n", "--server ADDR:PORT", "The server to talk to");
+        printf("  %-20s %s\n", "--version", "Show the version and exit");
+    }
     if (cmd->subs)
         printf("\nRun '%s COMMAND --help' for more about a command.\n", path);
     bool own_status = cmd->help && strstr(cmd->help, "Exit status:");
     if ((!cmd->subs || cmd == &top) && !own_status)
-        printf("\n%s", status_help);
+        printf("\n%s", cmd == &top ? top_status_help : status_help);
 }
 
 static int usage_error(const char *path, const struct cli_command *cmd, const char *what)
@@ -87,6 +105,7 @@ static int run_leaf(const char *path, const struct cli_command *cmd, int argc, c
     struct cli_args a;
     memset(&a, 0, sizeof(a));
     a.argv = argv; /* operands are compacted in place */
+    a.server = server_addr;
     bool options_done = false;
     for (int i = 0; i < argc; i++) {
         const char *arg = argv[i];
@@ -101,6 +120,16 @@ static int run_leaf(const char *path, const struct cli_command *cmd, int argc, c
         if (is_help(arg)) {
             print_help(path, cmd);
             return CLI_OK;
+        }
+        if (strncmp(arg, "--server", 8) == 0 && (arg[8] == '\0' || arg[8] == '=')) {
+            /* The global option, also accepted after the command. */
+            if (arg[8] == '=')
+                a.server = arg + 9;
+            else if (i + 1 < argc)
+                a.server = argv[++i];
+            else
+                return usage_error(path, cmd, "option --server needs a value (ADDR:PORT)");
+            continue;
         }
         const char *eq = strchr(arg, '=');
         size_t nlen = eq ? (size_t)(eq - arg) - 2 : strlen(arg) - 2;
@@ -151,18 +180,32 @@ static int dispatch(const char *path, const struct cli_command *group, int argc,
         return CLI_OK;
     }
     char msg[200];
+    if (group == &top && strncmp(argv[0], "--server", 8) == 0 &&
+        (argv[0][8] == '\0' || argv[0][8] == '=')) {
+        if (argv[0][8] == '=') {
+            server_addr = argv[0] + 9;
+            return dispatch(path, group, argc - 1, argv + 1);
+        }
+        if (argc < 2)
+            return usage_error(path, group, "option --server needs a value (ADDR:PORT)");
+        server_addr = argv[1];
+        return dispatch(path, group, argc - 2, argv + 2);
+    }
     if (argv[0][0] == '-') {
         snprintf(msg, sizeof(msg), "unknown option \"%s\"", argv[0]);
         return usage_error(path, group, msg);
     }
-    for (const struct cli_command *c = group->subs; c->name; c++) {
-        if (strcmp(c->name, argv[0]) != 0)
-            continue;
-        char sub[128];
-        snprintf(sub, sizeof(sub), "%s %s", path, c->name);
-        if (c->subs)
-            return dispatch(sub, c, argc - 1, argv + 1);
-        return run_leaf(sub, c, argc - 1, argv + 1);
+    for (int list = 0; list < 2; list++) {
+        const struct cli_command *subs = list ? group->more_subs : group->subs;
+        for (const struct cli_command *c = subs; c && c->name; c++) {
+            if (strcmp(c->name, argv[0]) != 0)
+                continue;
+            char sub[128];
+            snprintf(sub, sizeof(sub), "%s %s", path, c->name);
+            if (c->subs)
+                return dispatch(sub, c, argc - 1, argv + 1);
+            return run_leaf(sub, c, argc - 1, argv + 1);
+        }
     }
     snprintf(msg, sizeof(msg), "unknown command \"%s\"", argv[0]);
     return usage_error(path, group, msg);
@@ -170,6 +213,9 @@ static int dispatch(const char *path, const struct cli_command *group, int argc,
 
 int main(int argc, char **argv)
 {
+    const char *env = getenv("CELLA_SERVER");
+    if (env && env[0])
+        server_addr = env;
     int r = dispatch("cella", &top, argc - 1, argv + 1);
     if (fflush(stdout) != 0 && r == CLI_OK) {
         cli_error("cannot write the output");

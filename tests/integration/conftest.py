@@ -116,3 +116,96 @@ def vm(standalone, kit, tmp_path):
 
 def small_config(cpus=1, memory=512, extra=""):
     return f"[main]\ncpus = {cpus}\nmemory = {memory}\n{extra}"
+
+
+def free_port():
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Server:
+    """A cella-server process on loopback, driven over HTTP."""
+
+    def __init__(self, kit, tmp_path, firmware=False):
+        import time
+        import requests
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        exe = os.path.join(BUILD, "src", "server", "cella-server")
+        argv = [exe, "run", f"127.0.0.1:{self.port}"]
+        if firmware:
+            argv += ["--bootrom", SEABIOS, "--linuxboot-rom", LINUXBOOT]
+        argv += ["--kernel", kit["GUEST_BZIMAGE"], "--initrd", kit["GUEST_INITRAMFS"],
+                 "--cmdline", kit["GUEST_CMDLINE"]]
+        self.log = open(tmp_path / "server.log", "w")
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
+        self.http = requests.Session()
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                self.http.get(self.base + "/instance", timeout=2)
+                break
+            except requests.ConnectionError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError("cella-server did not start")
+                time.sleep(0.05)
+
+    def url(self, path):
+        return self.base + path
+
+    def get(self, path, **kw):
+        return self.http.get(self.url(path), timeout=kw.pop("timeout", 30), **kw)
+
+    def put(self, path, **kw):
+        return self.http.put(self.url(path), timeout=kw.pop("timeout", 60), **kw)
+
+    def post(self, path, **kw):
+        return self.http.post(self.url(path), timeout=kw.pop("timeout", 30), **kw)
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+@pytest.fixture
+def server(kit, tmp_path):
+    made = []
+
+    def make(**kw):
+        s = Server(kit, tmp_path, **kw)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.close()
+
+
+def spec_from_toml(text, tmp_path):
+    import json
+    cfg = tmp_path / "spec.toml"
+    cfg.write_text(text)
+    exe = os.path.join(BUILD, "src", "cli", "cella")
+    out = subprocess.run([exe, "spec", "from-toml", str(cfg)], check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+def ensure_body(spec, name="vm"):
+    import uuid
+    zero = "00000000-0000-0000-0000-000000000000"
+    return {"properties": {"id": str(uuid.uuid4()), "name": name, "description": "test",
+                           "metadata": {"project_id": zero, "silo_id": zero, "sled_id": zero,
+                                        "sled_model": "cella", "sled_revision": 0,
+                                        "sled_serial": "test"}},
+            "init": {"method": "Spec", "value": {"spec": spec}}}

@@ -138,7 +138,8 @@ def main():
     disk = os.path.join(kit, "disk.ext4")
     boot(kit, 2, ["-drive", "file=%s,if=virtio,format=raw,snapshot=on" % disk],
          more=disk_and_memtouch)
-    boot(kit, 4, label="smp4")
+    # No 4-vCPU QEMU boot here: on the 2-vCPU test host QEMU sometimes loses an
+    # oversubscribed AP under load; tests/integration boots cella with 4 vCPUs.
     img = os.path.join(kit, "boot-seabios.img")
     if os.path.exists(img):
         boot(kit, 1, ["-net", "none",
