@@ -201,6 +201,7 @@ def main():
         fuzz_target("fuzz_toml", os.path.join(ROOT, "tests/fuzz/corpus/toml"))
         fuzz_target("fuzz_fw_cfg", os.path.join(ROOT, "tests/fuzz/corpus/fw_cfg"))
         fuzz_target("fuzz_pci", os.path.join(ROOT, "tests/fuzz/corpus/pci"))
+        fuzz_target("fuzz_kernel_image", os.path.join(ROOT, "tests/fuzz/corpus/kernel_image"))
     format_check()
     print(f"== took {time.time() - start:.0f} s")
     if failures:

@@ -2,7 +2,12 @@
 #include "machine/x86_boot.h"
 
 #include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
+
+#include "common/log.h"
 
 /* Offsets in a bzImage / boot_params (Documentation/arch/x86/boot.rst). */
 #define HDR_SETUP_SECTS     0x1f1
@@ -19,6 +24,7 @@
 #define HDR_INITRD_ADDR_MAX 0x22c
 #define HDR_XLOADFLAGS      0x236
 #define HDR_CMDLINE_SIZE    0x238
+#define HDR_PREF_ADDRESS    0x258
 #define HDR_INIT_SIZE       0x260
 #define BP_ACPI_RSDP_ADDR   0x070
 #define BP_E820_ENTRIES     0x1e8
@@ -26,6 +32,7 @@
 #define BP_E820_MAX         128
 
 #define LOADFLAG_LOADED_HIGH  0x01
+#define LOADFLAG_KASLR        0x02
 #define LOADFLAG_CAN_USE_HEAP 0x80
 #define XLF_KERNEL_64         0x01
 
@@ -37,6 +44,11 @@ static uint16_t le16(const uint8_t *p)
 static uint32_t le32(const uint8_t *p)
 {
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static uint64_t le64(const uint8_t *p)
+{
+    return (uint64_t)le32(p) | (uint64_t)le32(p + 4) << 32;
 }
 
 static void put16(uint8_t *p, uint16_t v)
@@ -154,11 +166,90 @@ static void write_e820(const struct guest_mem *m, uint8_t *bp)
     }
 }
 
+void x86_boot_opts_from_env(struct x86_boot_opts *o)
+{
+    memset(o, 0, sizeof(*o));
+    const char *v = getenv("CELLA_KERNEL_DECOMPRESS");
+    o->path = !v                    ? X86_KERNEL_AUTO
+              : strcmp(v, "0") == 0 ? X86_KERNEL_BZIMAGE
+              : strcmp(v, "1") == 0 ? X86_KERNEL_VMLINUX
+                                    : X86_KERNEL_AUTO;
+    v = getenv("CELLA_KERNEL_CACHE");
+    o->cache = !v                    ? KIMG_CACHE_AUTO
+               : strcmp(v, "0") == 0 ? KIMG_CACHE_OFF
+               : strcmp(v, "1") == 0 ? KIMG_CACHE_ALWAYS
+                                     : KIMG_CACHE_AUTO;
+    v = getenv("CELLA_CACHE_DIR");
+    int n = snprintf(o->cache_dir, sizeof(o->cache_dir), "%s/kernels",
+                     v && *v ? v : "/var/cache/cella");
+    if (n < 0 || (size_t)n >= sizeof(o->cache_dir))
+        o->cache_dir[0] = '\0';
+}
+
+static double now_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec / 1e6;
+}
+
+/* Host-side decompression straight into guest RAM, or (at debug level) why not. */
+static int try_vmlinux(const struct guest_mem *m, const void *kernel, size_t kernel_len,
+                       const struct x86_boot_opts *opts, struct kimg_loaded *vm,
+                       struct cella_errors *errs)
+{
+    struct kimg_opts ko = {
+        .lo = BOOT_KERNEL_ADDR,
+        .hi = m->regions[0].size,
+        .cache = opts->cache,
+        .cache_dir = opts->cache_dir[0] ? opts->cache_dir : NULL,
+    };
+    struct cella_errors why = {0};
+    double t0 = now_ms();
+    uint8_t *ram = guest_mem_ptr(m, 0, ko.hi);
+    int r = ram ? kimg_load(kernel, kernel_len, &ko, ram, vm, &why)
+                : cella_err(&why, -EFAULT, "", "no low RAM");
+    if (r == 0) {
+        log_msg(LOG_DEBUG, "boot",
+                "kernel: %s payload -> %u-byte vmlinux (%s) in %.1f ms, entry %#llx, "
+                "segments [%#llx, %#llx)",
+                kimg_comp_name(vm->payload.comp), vm->payload.out_len,
+                vm->from_cache ? "from cache"
+                : vm->cached   ? "decompressed, cached"
+                               : "decompressed",
+                now_ms() - t0, (unsigned long long)vm->elf.entry, (unsigned long long)vm->elf.start,
+                (unsigned long long)vm->elf.end);
+    } else {
+        const char *msg = why.count ? why.items[0].message : strerror(-r);
+        if (opts->path == X86_KERNEL_VMLINUX)
+            cella_err(errs, r, "", "kernel: cannot boot it as a vmlinux: %s", msg);
+        else
+            log_msg(LOG_DEBUG, "boot", "kernel: using the in-guest decompressor: %s", msg);
+    }
+    cella_errors_clear(&why);
+    return r;
+}
+
 int x86_load_linux(const struct guest_mem *m, const void *kernel, size_t kernel_len,
                    const void *initrd, size_t initrd_len, const char *cmdline, uint64_t rsdp,
                    struct boot_entry *entry, struct cella_errors *errs)
 {
+    struct x86_boot_opts opts;
+    x86_boot_opts_from_env(&opts);
+    return x86_load_linux_opts(m, kernel, kernel_len, initrd, initrd_len, cmdline, rsdp, &opts,
+                               entry, NULL, errs);
+}
+
+int x86_load_linux_opts(const struct guest_mem *m, const void *kernel, size_t kernel_len,
+                        const void *initrd, size_t initrd_len, const char *cmdline, uint64_t rsdp,
+                        const struct x86_boot_opts *opts, struct boot_entry *entry,
+                        struct x86_boot_info *info, struct cella_errors *errs)
+{
     const uint8_t *k = kernel;
+    struct x86_boot_info dummy;
+    if (!info)
+        info = &dummy;
+    memset(info, 0, sizeof(*info));
     int r = check_header(k, kernel_len, errs);
     if (r < 0)
         return r;
@@ -168,18 +259,61 @@ int x86_load_linux(const struct guest_mem *m, const void *kernel, size_t kernel_
         return cella_err(errs, -EINVAL, "", "kernel: setup (%zu bytes) is the whole file",
                          setup_len);
     size_t pm_len = kernel_len - setup_len;
-    uint64_t init_size = le32(k + HDR_INIT_SIZE);
-    uint64_t kernel_end = BOOT_KERNEL_ADDR + (init_size > pm_len ? init_size : pm_len);
-    if (kernel_end > m->regions[0].size ||
-        guest_mem_write(m, BOOT_KERNEL_ADDR, k + setup_len, pm_len) < 0)
-        return cella_err(errs, -E2BIG, "", "kernel: needs %llu bytes at 1 MiB; too little memory",
-                         (unsigned long long)(kernel_end - BOOT_KERNEL_ADDR));
+    uint64_t low_end = m->regions[0].size;
+
+    struct kimg_loaded vm = {0};
+    if (opts->path != X86_KERNEL_BZIMAGE) {
+        r = try_vmlinux(m, kernel, kernel_len, opts, &vm, errs);
+        if (r < 0 && opts->path == X86_KERNEL_VMLINUX)
+            return r;
+        info->vmlinux = r == 0;
+        r = 0;
+    }
+
+    /*
+     * The kernel proper runs at pref_address (a relocatable kernel loaded
+     * below it moves there; without KASLR) and needs init_size bytes from
+     * there: its _end plus what its early boot uses. The bzImage itself
+     * sits at 1 MiB; the vmlinux's segments wherever their p_paddr says.
+     */
+    uint64_t init_size = le32(k + HDR_INIT_SIZE), run_at, kernel_end;
+    if (info->vmlinux) {
+        run_at = vm.elf.start;
+        kernel_end = vm.elf.end;
+    } else {
+        run_at = le64(k + HDR_PREF_ADDRESS);
+        if (run_at < BOOT_KERNEL_ADDR)
+            run_at = BOOT_KERNEL_ADDR;
+        kernel_end = BOOT_KERNEL_ADDR + pm_len;
+    }
+    uint64_t footprint_end;
+    if (__builtin_add_overflow(run_at, init_size, &footprint_end))
+        footprint_end = UINT64_MAX;
+    if (footprint_end > kernel_end)
+        kernel_end = footprint_end;
+    uint64_t rip = BOOT_KERNEL_ADDR + 0x200;
+    if (kernel_end > low_end)
+        r = cella_err(errs, -E2BIG, "",
+                      "kernel: needs %llu bytes from %#llx (init_size); too little memory",
+                      (unsigned long long)(kernel_end - run_at), (unsigned long long)run_at);
+    else if (!info->vmlinux && guest_mem_write(m, BOOT_KERNEL_ADDR, k + setup_len, pm_len) < 0)
+        r = cella_err(errs, -E2BIG, "", "kernel: cannot write %zu bytes at 1 MiB", pm_len);
+    if (info->vmlinux) {
+        rip = vm.elf.entry;
+        info->comp = vm.payload.comp;
+        info->from_cache = vm.from_cache;
+    }
+    if (r < 0)
+        return r;
+    info->kernel_end = kernel_end;
 
     uint8_t bp[4096] = {0};
     size_t hdr_end = HDR_JUMP + 2 + k[HDR_JUMP + 1];
     memcpy(bp + HDR_SETUP_SECTS, k + HDR_SETUP_SECTS, hdr_end - HDR_SETUP_SECTS);
     bp[HDR_TYPE_OF_LOADER] = 0xff;
     bp[HDR_LOADFLAGS] |= LOADFLAG_LOADED_HIGH | LOADFLAG_CAN_USE_HEAP;
+    /* KASLR_FLAG tells the kernel its decompressor randomised it; ours did not. */
+    bp[HDR_LOADFLAGS] &= (uint8_t)~LOADFLAG_KASLR;
     put16(bp + HDR_HEAP_END_PTR, 0xfe00 - 0x200);
 
     size_t clen = cmdline ? strlen(cmdline) : 0;
@@ -193,6 +327,7 @@ int x86_load_linux(const struct guest_mem *m, const void *kernel, size_t kernel_
     r = load_initrd(m, k, kernel_end, initrd, initrd_len, bp, errs);
     if (r < 0)
         return r;
+    info->initrd_addr = initrd_len ? le32(bp + HDR_RAMDISK_IMAGE) : 0;
     write_e820(m, bp);
     if (rsdp)
         put64(bp + BP_ACPI_RSDP_ADDR, rsdp);
@@ -201,7 +336,7 @@ int x86_load_linux(const struct guest_mem *m, const void *kernel, size_t kernel_
     memset(entry, 0, sizeof(*entry));
     if (write_tables(m, entry) < 0)
         return cella_err(errs, -EFAULT, "", "guest memory too small for boot tables");
-    entry->rip = BOOT_KERNEL_ADDR + 0x200;
+    entry->rip = rip;
     entry->rsi = BOOT_PARAMS_ADDR;
     entry->rsp = 0x8ff0;
     return 0;
