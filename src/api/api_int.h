@@ -140,9 +140,6 @@ void api_h_serial_ws(struct api_req *r);
  */
 void api_ws_session(struct api_req *r, const char *extra_in, size_t extra_len, int sock);
 
-/* Sec-WebSocket-Accept for a client key (RFC 6455 4.2.2): 28 chars + NUL. */
-void api_ws_accept_key(const char *key, char out[29]);
-
 /* ---- server.c: replies (each queues the response; the first one wins) ---- */
 
 /* JSON body (reference stolen). 0, or -ENOMEM (a 500 was attempted). */

@@ -14,6 +14,7 @@
 #include <sys/socket.h>
 
 #include "api/api_int.h"
+#include "common/sha1.h"
 #include "instance/instance.h"
 #include "instance/serial_hub.h"
 
@@ -229,7 +230,7 @@ void api_h_serial_ws(struct api_req *r)
         return;
     }
     char accept[29];
-    api_ws_accept_key(key, accept);
+    cella_ws_accept(key, accept);
     struct MHD_Response *resp = MHD_create_response_for_upgrade(on_upgrade, r);
     if (!resp) {
         api_reply_error(r, MHD_HTTP_SERVICE_UNAVAILABLE, NULL, "out of memory");

@@ -18,17 +18,11 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "cli/sha1.h"
-
-static const char ws_guid[] = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+#include "common/sha1.h"
 
 void cli_ws_accept_for(const char *key, char out[29])
 {
-    char buf[128];
-    int n = snprintf(buf, sizeof(buf), "%s%s", key, ws_guid);
-    uint8_t d[CLI_SHA1_LEN];
-    cli_sha1(buf, n > 0 && (size_t)n < sizeof(buf) ? (size_t)n : 0, d);
-    cli_base64(d, sizeof(d), out);
+    cella_ws_accept(key, out);
 }
 
 static int fill_random(void *buf, size_t len)
@@ -367,7 +361,7 @@ int cli_ws_connect(const struct cli_server *srv, const char *path,
         cli_ws_close(ws);
         return CLI_INVALID;
     }
-    cli_base64(nonce, sizeof(nonce), key);
+    cella_base64(nonce, sizeof(nonce), key);
     cli_ws_accept_for(key, accept);
     char req[2048];
     int len = snprintf(req, sizeof(req),

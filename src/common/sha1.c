@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MPL-2.0 */
 /* SHA-1 (FIPS 180-4, section 6.1) and base64 (RFC 4648, section 4). */
-#include "cli/sha1.h"
+#include "common/sha1.h"
 
+#include <stdio.h>
 #include <string.h>
 
 static uint32_t rol(uint32_t x, unsigned n)
@@ -48,7 +49,7 @@ static void sha1_block(uint32_t h[5], const uint8_t b[64])
     h[4] += e;
 }
 
-void cli_sha1(const void *data, size_t len, uint8_t out[CLI_SHA1_LEN])
+void cella_sha1(const void *data, size_t len, uint8_t out[CELLA_SHA1_LEN])
 {
     uint32_t h[5] = {0x67452301, 0xefcdab89, 0x98badcfe, 0x10325476, 0xc3d2e1f0};
     const uint8_t *p = data;
@@ -75,7 +76,7 @@ void cli_sha1(const void *data, size_t len, uint8_t out[CLI_SHA1_LEN])
     }
 }
 
-void cli_base64(const void *data, size_t len, char *out)
+void cella_base64(const void *data, size_t len, char *out)
 {
     static const char abc[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     const uint8_t *p = data;
@@ -92,4 +93,14 @@ void cli_base64(const void *data, size_t len, char *out)
         out[o++] = i + 2 < len ? abc[v & 63] : '=';
     }
     out[o] = '\0';
+}
+
+void cella_ws_accept(const char *key, char out[29])
+{
+    static const char guid[] = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+    char buf[128];
+    int n = snprintf(buf, sizeof(buf), "%.64s%s", key, guid);
+    uint8_t d[CELLA_SHA1_LEN];
+    cella_sha1(buf, n > 0 && (size_t)n < sizeof(buf) ? (size_t)n : 0, d);
+    cella_base64(d, sizeof(d), out);
 }
