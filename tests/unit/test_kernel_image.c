@@ -895,7 +895,7 @@ static void test_opts_from_env(void **state)
     unsetenv("CELLA_KERNEL_CACHE");
     unsetenv("CELLA_CACHE_DIR");
     x86_boot_opts_from_env(&o);
-    assert_int_equal(o.path, X86_KERNEL_AUTO);
+    assert_int_equal(o.path, X86_KERNEL_BZIMAGE); /* the fast path is opt-in */
     assert_int_equal(o.cache, KIMG_CACHE_AUTO);
     assert_string_equal(o.cache_dir, "/var/cache/cella/kernels");
     setenv("CELLA_KERNEL_DECOMPRESS", "0", 1);
@@ -905,6 +905,9 @@ static void test_opts_from_env(void **state)
     assert_int_equal(o.path, X86_KERNEL_BZIMAGE);
     assert_int_equal(o.cache, KIMG_CACHE_ALWAYS);
     assert_string_equal(o.cache_dir, "/x/kernels");
+    setenv("CELLA_KERNEL_DECOMPRESS", "auto", 1);
+    x86_boot_opts_from_env(&o);
+    assert_int_equal(o.path, X86_KERNEL_AUTO);
     setenv("CELLA_KERNEL_DECOMPRESS", "1", 1);
     setenv("CELLA_KERNEL_CACHE", "0", 1);
     x86_boot_opts_from_env(&o);
