@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/le.h"
 #include "machine/machine_int.h"
 #include "machine/x86_boot.h"
 
@@ -140,17 +141,6 @@ static int add_acpi(struct fw_cfg *fw, const struct acpi_platform *p)
     return r;
 }
 
-static void put32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint32_t get32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
 /*
  * The kernel for SeaBIOS's linuxboot_dma option ROM, split as QEMU does:
  * the real-mode setup (with its header filled in), the protected-mode
@@ -165,13 +155,13 @@ static int fill_linux(struct machine *m, struct fw_cfg *fw, struct linux_files *
                       const char *cmdline, struct cella_errors *errs)
 {
     uint8_t *k = f->kernel;
-    if (f->klen < 0x1000 || get32(k + 0x202) != 0x53726448)
+    if (f->klen < 0x1000 || le32(k + 0x202) != 0x53726448)
         return cella_err(errs, -EINVAL, "", "the kernel is not a bzImage");
     unsigned sects = k[0x1f1] ? k[0x1f1] : 4;
     size_t setup_len = (size_t)(sects + 1) * 512;
     if (setup_len >= f->klen)
         return cella_err(errs, -EINVAL, "", "the kernel's setup covers the whole file");
-    uint64_t initrd_max = get32(k + 0x22c);
+    uint64_t initrd_max = le32(k + 0x22c);
     uint64_t low_top = m->mem.regions[0].size - LB_ACPI_RESERVE;
     if (initrd_max > low_top - 1)
         initrd_max = low_top - 1;

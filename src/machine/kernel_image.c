@@ -16,6 +16,8 @@
 #include <zstd.h>
 #include <zstd_errors.h>
 
+#include "common/le.h"
+
 /* Setup header offsets (Documentation/arch/x86/boot.rst). */
 #define HDR_SETUP_SECTS    0x1f1
 #define HDR_BOOT_FLAG      0x1fe
@@ -38,21 +40,6 @@
 #define EM_X86_64 62
 #define PT_LOAD_  1
 #define PF_X_     1
-
-static uint16_t le16(const uint8_t *p)
-{
-    return (uint16_t)(p[0] | p[1] << 8);
-}
-
-static uint32_t le32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static uint64_t le64(const uint8_t *p)
-{
-    return (uint64_t)le32(p) | (uint64_t)le32(p + 4) << 32;
-}
 
 const char *kimg_comp_name(enum kimg_comp c)
 {

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/le.h"
 #include "common/log.h"
 
 /* Offsets in a bzImage / boot_params (Documentation/arch/x86/boot.rst). */
@@ -35,39 +36,6 @@
 #define LOADFLAG_KASLR        0x02
 #define LOADFLAG_CAN_USE_HEAP 0x80
 #define XLF_KERNEL_64         0x01
-
-static uint16_t le16(const uint8_t *p)
-{
-    return (uint16_t)(p[0] | p[1] << 8);
-}
-
-static uint32_t le32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static uint64_t le64(const uint8_t *p)
-{
-    return (uint64_t)le32(p) | (uint64_t)le32(p + 4) << 32;
-}
-
-static void put16(uint8_t *p, uint16_t v)
-{
-    p[0] = (uint8_t)v;
-    p[1] = (uint8_t)(v >> 8);
-}
-
-static void put32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static void put64(uint8_t *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
 
 static void add_e820(struct e820_map *m, uint64_t addr, uint64_t size, uint32_t type)
 {
