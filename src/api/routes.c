@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "api/api_int.h"
+#include "common/log.h"
 #include "common/jsonptr.h"
 #include "instance/instance.h"
 #include "spec/bodies.h"
@@ -42,6 +43,7 @@ static void h_instance_put(struct api_req *r)
     cella_errors_sort(&errs);
     switch (rc) {
     case 0:
+        log_set_instance_id(req.properties.id); /* every later log line names it */
         api_reply_json(r, MHD_HTTP_CREATED,
                        ensure_response_to_json(target ? req.migration_id : NULL));
         break;

@@ -403,9 +403,15 @@ void api_log_request(struct api_req *r, const char *note)
     double ms = (double)(now.tv_sec - r->start.tv_sec) * 1e3 +
                 (double)(now.tv_nsec - r->start.tv_nsec) / 1e6;
     enum log_level lvl = r->status >= 500 || r->status == 0 ? LOG_WARN : LOG_INFO;
-    log_msg(lvl, "api",
-            "request_id=%s method=%s path=%s status=%u duration_ms=%.3f body_bytes=%zu%s%s", r->id,
-            r->method, r->path, r->status, ms, r->received, note ? " note=" : "", note ? note : "");
+    struct log_field f[] = {
+        {"request_id", r->id, 0},      {"method", r->method, 0},
+        {"path", r->path, 0},          {"status", NULL, r->status},
+        {"duration_ms", NULL, ms},     {"body_bytes", NULL, (double)r->received},
+        {"note", note ? note : "", 0},
+    };
+    /* request_id is a field of its own here: this may run off the request's thread. */
+    log_set_request_id(NULL);
+    log_fields(lvl, "api", f, note ? 7 : 6, "%s %s %u", r->method, r->path, r->status);
 }
 
 void api_req_free(struct api_req *r)
@@ -564,6 +570,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 {
     struct api_server *s = cls;
     struct api_req *r = *con_cls;
+    log_set_request_id(r ? r->id : NULL);
     if (!r) {
         r = calloc(1, sizeof(*r));
         if (!r)
@@ -572,6 +579,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         r->conn = conn;
         clock_gettime(CLOCK_MONOTONIC, &r->start);
         make_request_id(s, r->id);
+        log_set_request_id(r->id);
         copy_sanitized(r->method, sizeof(r->method), method);
         copy_sanitized(r->path, sizeof(r->path), url);
         *con_cls = r;

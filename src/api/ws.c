@@ -66,7 +66,10 @@ struct ws {
     uint64_t input;  /* keystroke bytes taken by the UART */
 
     uint64_t last_progress;
-    bool closing;
+    bool closing;      /* a close is due: no more console output is taken */
+    bool close_queued; /* the close frame is in wslay's queue */
+    uint16_t close_code;
+    const char *close_why;
     uint64_t close_deadline;
     const char *reason;
 };
@@ -82,9 +85,25 @@ static void start_close(struct ws *w, uint16_t code, const char *why)
     if (w->closing)
         return;
     w->closing = true;
+    w->close_code = code;
+    w->close_why = why;
     w->close_deadline = api_now_ms() + WS_CLOSE_GRACE_MS;
     set_reason(w, why);
-    wslay_event_queue_close(w->ctx, code, (const uint8_t *)why, strlen(why));
+}
+
+/*
+ * wslay sends control frames ahead of queued data, so the close frame is
+ * queued only once every console byte already queued has gone out: a
+ * client sees the guest's last output before the close (bounded by the
+ * close deadline for a client that stopped reading).
+ */
+static void queue_close_when_drained(struct ws *w)
+{
+    if (!w->closing || w->close_queued || wslay_event_get_queued_msg_count(w->ctx) != 0)
+        return;
+    w->close_queued = true;
+    wslay_event_queue_close(w->ctx, w->close_code, (const uint8_t *)w->close_why,
+                            strlen(w->close_why));
 }
 
 static ssize_t recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags, void *user)
@@ -225,9 +244,8 @@ static void pump(struct ws *w, size_t limit)
                 if (next <= w->resync_from || next > w->resync_end)
                     next = w->resync_end;
                 w->lost += next - w->resync_from;
-                log_msg(LOG_WARN, "api",
-                        "request_id=%s console client lost %llu bytes (no longer in history)",
-                        w->r->id, (unsigned long long)(next - w->resync_from));
+                log_msg(LOG_WARN, "api", "console client lost %llu bytes (no longer in history)",
+                        (unsigned long long)(next - w->resync_from));
                 w->resync_from = next;
                 continue;
             }
@@ -298,8 +316,14 @@ static void run(struct ws *w)
         pump(w, WS_HIGH_WATER);
         if (w->pending_len)
             retry_input(w);
+        queue_close_when_drained(w);
         if (wslay_event_want_write(w->ctx) && wslay_event_send(w->ctx) != 0)
             break;
+        if (w->closing && !w->close_queued) {
+            queue_close_when_drained(w);
+            if (w->close_queued && wslay_event_send(w->ctx) != 0)
+                break;
+        }
         if (!wslay_event_want_read(w->ctx) && !wslay_event_want_write(w->ctx))
             break; /* close handshake done, or a fatal error */
         now = api_now_ms();
@@ -378,6 +402,7 @@ static void linger(int sock)
 
 void api_ws_session(struct api_req *r, const char *extra_in, size_t extra_len, int sock)
 {
+    log_set_request_id(r->id);
     struct ws w = {
         .r = r,
         .srv = r->srv,

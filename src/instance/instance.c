@@ -21,7 +21,16 @@
 #include "common/log.h"
 #include "spec/validate.h"
 
-enum work_kind { W_RUN, W_STOP, W_REBOOT, W_EV_POWEROFF, W_EV_RESET, W_EV_FAILURE, W_QUIT };
+enum work_kind {
+    W_RUN,
+    W_STOP,
+    W_REBOOT,
+    W_EV_POWEROFF,
+    W_EV_RESET,
+    W_EV_PANIC,
+    W_EV_FAILURE,
+    W_QUIT
+};
 
 struct work {
     enum work_kind kind;
@@ -137,9 +146,7 @@ static void on_machine_event(void *ctx, enum machine_event ev, const char *detai
         enqueue(inst, W_EV_FAILURE, detail);
         break;
     case MACHINE_EV_PANIC:
-        /* The guest decides what follows a panic (reboot, halt); report it. */
-        log_msg(LOG_WARN, "instance", "guest panic reported through pvpanic: %s",
-                detail ? detail : "");
+        enqueue(inst, W_EV_PANIC, detail);
         break;
     }
 }
@@ -269,8 +276,14 @@ static void *worker_main(void *arg)
         case W_EV_RESET:
             do_reboot(inst, w.detail);
             break;
+        case W_EV_PANIC:
+            /*
+             * Like QEMU's default panic action, a panicked guest is stopped
+             * for good: the instance fails (its serial history stays
+             * readable) rather than leaving a wedged guest Running.
+             */
         case W_EV_FAILURE:
-            if (current_state(inst) != INSTANCE_DESTROYED)
+            if (current_state(inst) != INSTANCE_DESTROYED && current_state(inst) != INSTANCE_FAILED)
                 fail(inst, w.detail);
             break;
         case W_QUIT:
@@ -446,29 +459,6 @@ int instance_spec_get(struct instance *inst, struct spec_get_response *out)
     return r;
 }
 
-/* Whether request `req` is allowed in state s; a reason when not. */
-static const char *refusal(enum instance_request req, enum instance_state s)
-{
-    bool over = s == INSTANCE_STOPPING || s == INSTANCE_STOPPED || s == INSTANCE_DESTROYED;
-    switch (req) {
-    case INSTANCE_REQ_RUN:
-        if (over)
-            return "the instance has stopped; a stopped instance cannot run again";
-        if (s == INSTANCE_FAILED)
-            return "the instance has failed; stop it and create a new one";
-        return NULL;
-    case INSTANCE_REQ_STOP:
-        return s == INSTANCE_DESTROYED ? "the instance is already destroyed" : NULL;
-    case INSTANCE_REQ_REBOOT:
-        if (s == INSTANCE_RUNNING || s == INSTANCE_REBOOTING)
-            return NULL;
-        return s == INSTANCE_CREATING || s == INSTANCE_STARTING
-                   ? "the instance is not running yet; ask it to Run first"
-                   : "the instance is not running";
-    }
-    return "unknown request";
-}
-
 int instance_request_state(struct instance *inst, enum instance_request req,
                            struct cella_errors *errs)
 {
@@ -480,7 +470,7 @@ int instance_request_state(struct instance *inst, enum instance_request req,
         return cella_err(errs, -EAGAIN, "", "the instance is still being created");
     if (!ensured)
         return cella_err(errs, -ENOENT, "", "no instance");
-    const char *why = refusal(req, s);
+    const char *why = instance_refusal(req, s);
     if (why)
         return cella_err(errs, -EPERM, "", "%s cannot be done now: %s (state %s)",
                          instance_request_name(req), why, instance_state_name(s));

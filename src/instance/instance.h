@@ -90,4 +90,12 @@ struct serial_hub *instance_serial(struct instance *inst);
 /* For tests and logs. */
 const char *instance_request_name(enum instance_request r);
 
+/*
+ * Why request `req` is refused in state `s` (a sentence), or NULL when it
+ * is allowed: Run in Creating/Starting/Running/Rebooting (a no-op once
+ * running), Stop in every state but Destroyed, Reboot in Running and
+ * Rebooting only. Pure; policy.c.
+ */
+const char *instance_refusal(enum instance_request req, enum instance_state s);
+
 #endif

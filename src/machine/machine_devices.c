@@ -102,8 +102,10 @@ static void on_poweroff(void *ctx)
 
 static void on_pvpanic(void *ctx, uint8_t events)
 {
-    machine_eventf(ctx, MACHINE_EV_PANIC, "%s",
-                   events & PVPANIC_PANICKED ? "guest panicked" : "guest crash kernel loaded");
+    if (events & PVPANIC_PANICKED)
+        machine_event(ctx, MACHINE_EV_PANIC, "guest panicked (pvpanic)");
+    else
+        log_msg(LOG_INFO, "machine", "guest loaded a crash kernel (pvpanic)");
 }
 
 struct pio_map {

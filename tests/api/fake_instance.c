@@ -263,24 +263,18 @@ int instance_request_state(struct instance *in, enum instance_request req,
         rc = -ENOENT;
     } else if (in->busy) {
         rc = cella_err(errs, -EAGAIN, "", "the instance is still initializing");
-    } else if (s == INSTANCE_DESTROYED || s == INSTANCE_STOPPED || s == INSTANCE_STOPPING) {
-        rc = cella_err(errs, -EPERM, "", "the instance is %s; it cannot %s", instance_state_name(s),
-                       instance_request_name(req));
+    } else if (instance_refusal(req, s)) {
+        rc =
+            cella_err(errs, -EPERM, "", "%s cannot be done now: %s (state %s)",
+                      instance_request_name(req), instance_refusal(req, s), instance_state_name(s));
     } else if (req == INSTANCE_REQ_RUN) {
         if (s == INSTANCE_CREATING) {
             publish_locked(in, INSTANCE_STARTING);
             publish_locked(in, INSTANCE_RUNNING);
-        } else if (s == INSTANCE_FAILED) {
-            rc = cella_err(errs, -EPERM, "", "the instance failed; it cannot run");
         }
     } else if (req == INSTANCE_REQ_REBOOT) {
-        if (s != INSTANCE_RUNNING) {
-            rc = cella_err(errs, -EPERM, "", "only a running instance can reboot (it is %s)",
-                           instance_state_name(s));
-        } else {
-            publish_locked(in, INSTANCE_REBOOTING);
-            publish_locked(in, INSTANCE_RUNNING);
-        }
+        publish_locked(in, INSTANCE_REBOOTING);
+        publish_locked(in, INSTANCE_RUNNING);
     } else {
         publish_locked(in, INSTANCE_STOPPING);
         publish_locked(in, INSTANCE_STOPPED);

@@ -361,8 +361,8 @@ def test_monitor_dropped_client_frees_its_thread(server, api):
         requests.get(server.url("/instance/state-monitor"), json={"gen": 50}, timeout=0.5)
 
     def aborted():
-        return [l for l in server.log_lines() if "path=/instance/state-monitor" in l["msg"]
-                and "status=0" in l["msg"]]
+        return [l for l in server.log_lines() if l.get("path") == "/instance/state-monitor"
+                and l.get("status") == 0]
     assert wait_for(aborted, timeout=5), server.log_text()[-2000:]
 
 
@@ -439,13 +439,57 @@ def test_every_request_is_logged(server, api):
     api.put("/instance/state", json="Run", expect=424)
 
     def line():
-        return [l for l in server.log_lines() if rid in l.get("msg", "")]
+        return [l for l in server.log_lines() if l.get("request_id") == rid and "status" in l]
     found = wait_for(line)
     assert found, server.log_text()
     entry = found[0]
     assert entry["component"] == "api" and entry["level"] == "info"
-    for part in ("method=GET", "path=/instance", "status=424", "duration_ms="):
-        assert part in entry["msg"]
+    assert (entry["method"], entry["path"], entry["status"]) == ("GET", "/instance", 424)
+    assert isinstance(entry["duration_ms"], float) and entry["duration_ms"] >= 0
+
+
+def test_log_lines_carry_instance_and_request_ids(server, api):
+    """Bunyan-like fields: once an instance exists every line names it, and
+    lines logged while serving a request name the request."""
+    props = {"id": "3f1a2b4c-0000-4000-8000-00000000abcd", "name": "logged", "description": "",
+             "metadata": {"project_id": "3f1a2b4c-0000-4000-8000-000000000001",
+                          "silo_id": "3f1a2b4c-0000-4000-8000-000000000002",
+                          "sled_id": "3f1a2b4c-0000-4000-8000-000000000003",
+                          "sled_model": "m", "sled_revision": 1, "sled_serial": "s"}}
+    r = api.ensure(props=props)
+    rid = r.headers["x-request-id"]
+    api.get("/instance", expect=200)
+
+    def tagged():
+        return [l for l in server.log_lines()
+                if l.get("instance_id") == props["id"] and l.get("path") == "/instance"
+                and l.get("method") == "GET"]
+    assert wait_for(tagged), server.log_text()[-3000:]
+    ensure_line = [l for l in server.log_lines() if l.get("request_id") == rid]
+    assert ensure_line and all(isinstance(l["time"], str) for l in ensure_line)
+
+
+# The allowed (state, request) pairs, written out independently of the C table.
+ALLOWED = {
+    "Creating": {"Run", "Stop"}, "Starting": {"Run", "Stop"},
+    "Running": {"Run", "Stop", "Reboot"}, "Rebooting": {"Run", "Stop", "Reboot"},
+    "Stopping": {"Stop"}, "Stopped": {"Stop"}, "Failed": {"Stop"}, "Destroyed": set(),
+}
+
+
+@pytest.mark.parametrize("state", sorted(ALLOWED))
+def test_state_changes_refused_exactly_where_they_should_be(server, api, state):
+    api.ensure()
+    for req in ("Run", "Stop", "Reboot"):
+        server.cmd(f"state {state}")
+        r = api.put("/instance/state", json=req)
+        if req in ALLOWED[state]:
+            assert r.status_code == 204, (state, req, r.text)
+        else:
+            assert r.status_code == 403, (state, req, r.text)
+            assert state in message(r) and req in message(r)
+            # A refusal changes nothing.
+            assert api.get("/instance", expect=200).json()["instance"]["state"] == state
 
 
 def test_server_survives_garbage(server, api):

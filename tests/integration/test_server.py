@@ -247,3 +247,26 @@ def test_cli_drives_the_server(server, tmp_path):
     assert cli("state", "stop").returncode == 0
     r = cli("monitor", "--until", "Destroyed", "--timeout", "60")
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_guest_panic_fails_the_instance(server, tmp_path):
+    """A pvpanic report stops the guest for good (QEMU's default panic
+    action): the instance is Failed, refuses Run and Reboot, keeps its serial
+    history, and Stop still destroys it."""
+    srv = server()
+    assert srv.put("/instance", json=ensure_body(guest_spec(tmp_path, cpus=1))).status_code == 201
+    mon = Monitor(srv)
+    con = Console(srv)
+    assert srv.put("/instance/state", json="Run").status_code == 204
+    con.read_until(READY)
+    assert b"CELLA-EXIT 0" in con.run("modprobe pvpanic-mmio || modprobe pvpanic")
+    con.ws.send_binary(b"echo c > /proc/sysrq-trigger\n")
+    mon.wait_for("Failed")
+    for req in ("Run", "Reboot"):
+        r = srv.put("/instance/state", json=req)
+        assert r.status_code == 403 and "Failed" in r.json()["message"], r.text
+    h = srv.get("/instance/serial/history", params={"from_start": 0}).json()
+    assert READY in bytes(h["data"])
+    assert srv.put("/instance/state", json="Stop").status_code == 204
+    mon.wait_for("Destroyed")
+    con.close()
