@@ -38,8 +38,8 @@
 #include "common/error.h"
 #include "spec/spec.h"
 
-#define BLK_SECTOR     512u
-#define BLK_MAX_IOV    256u        /* buffers in one request */
+#define BLK_SECTOR      512u
+#define BLK_MAX_IOV     256u        /* buffers in one request */
 #define BLK_MAX_REQ_LEN (32u << 20) /* bytes in one read/write request */
 
 enum blk_op {

@@ -62,8 +62,7 @@ struct net_backend {
 };
 
 /* Opens the tap named by component c (virtio_network_backend). */
-int net_open(const struct spec_component *c, struct net_backend **out,
-             struct cella_errors *errs);
+int net_open(const struct spec_component *c, struct net_backend **out, struct cella_errors *errs);
 
 /* Starts delivering receive notifications. */
 static inline int net_start(struct net_backend *b, const struct net_rx_ops *ops)

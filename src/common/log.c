@@ -78,8 +78,10 @@ static size_t put_str(char *line, size_t cap, size_t n, const char *key, const c
     return n;
 }
 
-static void emit(enum log_level level, const char *component, const struct log_field *fields,
-                 unsigned nfields, const char *fmt, va_list ap)
+__attribute__((format(printf, 5, 0))) static void emit(enum log_level level, const char *component,
+                                                       const struct log_field *fields,
+                                                       unsigned nfields, const char *fmt,
+                                                       va_list ap)
 {
     if ((int)level < atomic_load(&min_level))
         return;
