@@ -16,8 +16,10 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 
+#include "backends/set.h"
 #include "common/log.h"
 #include "spec/validate.h"
 
@@ -29,6 +31,8 @@ enum work_kind {
     W_EV_RESET,
     W_EV_PANIC,
     W_EV_FAILURE,
+    W_EV_DEGRADED,  /* a backend lost its connection and is retrying */
+    W_EV_RECOVERED, /* ... and got it back */
     W_QUIT
 };
 
@@ -54,6 +58,8 @@ struct instance {
 
     pthread_mutex_t m_lock;
     struct machine *m;
+    struct backend_set *backends; /* worker thread (and ensure, before it runs) */
+    unsigned degraded;            /* backends retrying (worker thread) */
 
     pthread_mutex_t q_lock;
     pthread_cond_t q_cond;
@@ -151,6 +157,20 @@ static void on_machine_event(void *ctx, enum machine_event ev, const char *detai
     }
 }
 
+/* Backend threads: connection events of a storage backend. */
+static void on_backend_event(void *ctx, const char *key, enum blk_event ev, const char *detail)
+{
+    struct instance *inst = ctx;
+    char d[160];
+    snprintf(d, sizeof(d), "backend %s: %s", key, detail ? detail : "");
+    if (ev == BLK_EV_DEGRADED)
+        enqueue(inst, W_EV_DEGRADED, d);
+    else if (ev == BLK_EV_RECOVERED)
+        enqueue(inst, W_EV_RECOVERED, d);
+    else
+        enqueue(inst, W_EV_FAILURE, d);
+}
+
 static void on_serial_out(void *ctx, unsigned com, const uint8_t *buf, size_t len)
 {
     struct instance *inst = ctx;
@@ -173,7 +193,7 @@ static int build_machine(struct instance *inst, struct machine **out, struct cel
 {
     struct machine_callbacks cb = {
         .ctx = inst, .event = on_machine_event, .serial_out = on_serial_out};
-    return machine_create(&inst->spec, &inst->host.boot, &cb, out, errs);
+    return machine_create(&inst->spec, &inst->host.boot, inst->backends, &cb, out, errs);
 }
 
 static void set_machine(struct instance *inst, struct machine *m)
@@ -193,10 +213,18 @@ static void drop_machine(struct instance *inst)
     machine_destroy(m);
 }
 
+/* After the last machine: every write it made has reached its backend. */
+static void close_backends(struct instance *inst)
+{
+    backend_set_close(inst->backends);
+    inst->backends = NULL;
+}
+
 static void fail(struct instance *inst, const char *why)
 {
     log_msg(LOG_ERROR, "instance", "instance failed: %s", why);
     drop_machine(inst);
+    close_backends(inst);
     publish(inst, INSTANCE_FAILED);
 }
 
@@ -224,6 +252,7 @@ static void do_stop(struct instance *inst, const char *why)
         publish(inst, INSTANCE_STOPPING);
         log_msg(LOG_INFO, "instance", "stopping: %s", why);
         drop_machine(inst); /* vCPUs are kicked out of KVM_RUN: bounded */
+        close_backends(inst);
         publish(inst, INSTANCE_STOPPED);
     }
     publish(inst, INSTANCE_DESTROYED);
@@ -232,7 +261,7 @@ static void do_stop(struct instance *inst, const char *why)
 static void do_reboot(struct instance *inst, const char *why)
 {
     enum instance_state s = current_state(inst);
-    if (s != INSTANCE_RUNNING && s != INSTANCE_STARTING)
+    if (s != INSTANCE_RUNNING && s != INSTANCE_STARTING && s != INSTANCE_REPAIRING)
         return;
     publish(inst, INSTANCE_REBOOTING);
     log_msg(LOG_INFO, "instance", "rebooting: %s", why);
@@ -286,6 +315,18 @@ static void *worker_main(void *arg)
             if (current_state(inst) != INSTANCE_DESTROYED && current_state(inst) != INSTANCE_FAILED)
                 fail(inst, w.detail);
             break;
+        case W_EV_DEGRADED:
+            /* Propolis's Repairing: running, but a backend is reconnecting. */
+            log_msg(LOG_WARN, "instance", "%s", w.detail);
+            if (inst->degraded++ == 0 && current_state(inst) == INSTANCE_RUNNING)
+                publish(inst, INSTANCE_REPAIRING);
+            break;
+        case W_EV_RECOVERED:
+            log_msg(LOG_INFO, "instance", "%s", w.detail);
+            if (inst->degraded && --inst->degraded == 0 &&
+                current_state(inst) == INSTANCE_REPAIRING)
+                publish(inst, INSTANCE_RUNNING);
+            break;
         case W_QUIT:
             return NULL;
         }
@@ -333,10 +374,34 @@ void instance_free(struct instance *inst)
         pthread_join(inst->worker, NULL);
     }
     drop_machine(inst);
+    close_backends(inst);
     serial_hub_free(inst->hub);
     instance_properties_free(&inst->props);
     spec_free(&inst->spec);
     free(inst);
+}
+
+/*
+ * A NIC without a MAC gets a random locally administered unicast one, once,
+ * in the effective spec: it then survives reboots and migration, and is
+ * never derived from a key.
+ */
+static void fill_macs(struct instance_spec *spec)
+{
+    for (size_t i = 0; i < spec->count; i++) {
+        struct spec_component *c = &spec->components[i];
+        if (c->kind != SK_VIRTIO_NIC || c->u.virtio_nic.mac.present)
+            continue;
+        uint8_t *b = c->u.virtio_nic.mac.bytes;
+        if (getrandom(b, 6, 0) != 6) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            uint64_t x = (uint64_t)ts.tv_nsec * 0x9e3779b97f4a7c15ull ^ (uint64_t)i;
+            memcpy(b, &x, 6);
+        }
+        b[0] = (uint8_t)((b[0] & 0xfc) | 0x02);
+        c->u.virtio_nic.mac.present = true;
+    }
 }
 
 /* The effective spec: defaults made explicit so they travel with the VM. */
@@ -385,6 +450,11 @@ int instance_ensure(struct instance *inst, const struct ensure_request *req,
         spec_init(&spec);
     }
     pthread_mutex_unlock(&inst->lock);
+    if (r == 0)
+        fill_macs(&inst->spec);
+    if (r == 0 &&
+        (r = backend_set_open(&inst->spec, on_backend_event, inst, &inst->backends, errs)) < 0)
+        r = -EINVAL; /* a backend that cannot be opened is the spec's problem: 400 */
     if (r == 0) {
         r = build_machine(inst, &m, errs);
         /*
@@ -413,6 +483,7 @@ int instance_ensure(struct instance *inst, const struct ensure_request *req,
     spec_free(&spec);
     if (r < 0) {
         machine_destroy(m);
+        close_backends(inst);
         return r;
     }
     set_machine(inst, m);

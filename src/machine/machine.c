@@ -150,8 +150,8 @@ static int create_vcpus(struct machine *m, struct cella_errors *errs)
 }
 
 int machine_create(const struct instance_spec *spec, const struct machine_host *host,
-                   const struct machine_callbacks *cb, struct machine **out,
-                   struct cella_errors *errs)
+                   struct backend_set *backends, const struct machine_callbacks *cb,
+                   struct machine **out, struct cella_errors *errs)
 {
     *out = NULL;
     struct machine *m = calloc(1, sizeof(*m));
@@ -161,6 +161,7 @@ int machine_create(const struct instance_spec *spec, const struct machine_host *
     m->mem.fd = -1;
     m->ncpus = spec->board.cpus;
     m->cb = *cb;
+    m->backends = backends;
     m->irq = (struct irq_sink){.ctx = m, .set_level = kvm_set_irq, .msi = kvm_msi};
     bus_init(&m->pio, "pio");
     bus_init(&m->mmio, "mmio");

@@ -55,9 +55,15 @@ struct machine_callbacks {
  * host-checked spec. Problems a person must fix (unsupported CPUID, missing
  * kernel) are recorded in errs. Returns 0 and *out, or a negative errno.
  */
+struct backend_set;
+/*
+ * `backends` holds the spec's storage backends (backends/set.h), opened by
+ * the owner and kept across machines; it must outlive the machine. It may
+ * be NULL when the spec has no disks.
+ */
 int machine_create(const struct instance_spec *spec, const struct machine_host *host,
-                   const struct machine_callbacks *cb, struct machine **out,
-                   struct cella_errors *errs);
+                   struct backend_set *backends, const struct machine_callbacks *cb,
+                   struct machine **out, struct cella_errors *errs);
 
 /*
  * The CPUID template the machine uses, as spec entries, for the effective

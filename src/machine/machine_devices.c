@@ -7,18 +7,30 @@
  * them on the buses and connects their interrupt lines and callbacks.
  */
 #include <errno.h>
+#include <linux/kvm.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
 
+#include "backends/net.h"
+#include "backends/set.h"
 #include "common/log.h"
 #include "devices/acpi.h"
 #include "devices/cmos.h"
+#include "devices/fw_cfg.h"
+#include "devices/nvme.h"
 #include "devices/pci.h"
 #include "devices/pci_bridge.h"
 #include "devices/pci_host.h"
 #include "devices/platform.h"
 #include "devices/uart16550.h"
+#include "devices/virtio_blk.h"
+#include "devices/virtio_net.h"
 #include "machine/boot_fw.h"
 #include "machine/machine_int.h"
 #include "machine/x86_boot.h"
@@ -33,7 +45,34 @@ struct serial_port {
     struct uart uart;
 };
 
+/*
+ * A virtio function whose queue doorbells are KVM ioeventfds: a guest
+ * notify then only signals an eventfd in the kernel (no exit to a vCPU
+ * thread in cella) and the machine's I/O thread runs the queue.
+ */
+struct vdev {
+    struct virtio_pci *vp;
+    unsigned n;
+    struct virtio_doorbell db[VIRTIO_MAX_QUEUES];
+    int efd[VIRTIO_MAX_QUEUES];
+    uint64_t gpa[VIRTIO_MAX_QUEUES]; /* where the ioeventfd is assigned, or PCI_BAR_UNMAPPED */
+};
+
+/* The disks and NICs of the spec. */
+struct pci_devs {
+    size_t nblk, nnvme, nnet, nvdev;
+    struct virtio_blk **blk;
+    struct nvme_disk **nvme;
+    struct virtio_net **net;
+    struct net_backend **taps;
+    struct vdev *vdev;
+    int epfd, stopfd;
+    pthread_t io_thread;
+    bool io_started;
+};
+
 struct machine_devices {
+    struct pci_devs pd;
     struct serial_port com[4];
     struct cmos cmos;
     struct pm pm;
@@ -169,6 +208,44 @@ static int add_platform(struct machine *m, const struct instance_spec *spec,
     return map_all(m, maps, n, errs);
 }
 
+static int ioeventfd(struct machine *m, const struct vdev *v, unsigned i, uint64_t gpa, bool on)
+{
+    struct kvm_ioeventfd io = {
+        .addr = gpa,
+        .len = v->db[i].width,
+        .fd = v->efd[i],
+        .flags = on ? 0 : KVM_IOEVENTFD_FLAG_DEASSIGN,
+    };
+    return ioctl(m->vm_fd, KVM_IOEVENTFD, &io) < 0 ? -errno : 0;
+}
+
+/* Takes f's doorbells in BAR `bar` away from KVM (new_addr unmapped) or moves them. */
+static void doorbells_moved(struct machine *m, struct pci_func *f, unsigned bar, uint64_t new_addr)
+{
+    struct pci_devs *pd = &m->dev->pd;
+    for (size_t k = 0; k < pd->nvdev; k++) {
+        struct vdev *v = &pd->vdev[k];
+        if (&v->vp->func != f)
+            continue;
+        for (unsigned i = 0; i < v->n; i++) {
+            if (v->db[i].bar != bar || v->efd[i] < 0)
+                continue;
+            if (v->gpa[i] != PCI_BAR_UNMAPPED)
+                ioeventfd(m, v, i, v->gpa[i], false);
+            v->gpa[i] = PCI_BAR_UNMAPPED;
+            if (new_addr == PCI_BAR_UNMAPPED)
+                continue;
+            uint64_t gpa = new_addr + v->db[i].offset;
+            int r = ioeventfd(m, v, i, gpa, true);
+            if (r == 0)
+                v->gpa[i] = gpa;
+            else /* the doorbell still works, through an exit */
+                log_msg(LOG_WARN, "machine", "%s: no ioeventfd for queue %u: %s", f->name, i,
+                        strerror(-r));
+        }
+    }
+}
+
 /* The guest moved a BAR: unmap the old range and map the new one. vCPU thread. */
 static void on_bar_moved(void *ctx, struct pci_func *f, unsigned bar, uint64_t old_addr,
                          uint64_t new_addr, bool enabled)
@@ -176,14 +253,18 @@ static void on_bar_moved(void *ctx, struct pci_func *f, unsigned bar, uint64_t o
     struct machine *m = ctx;
     const struct pci_bar *b = &f->bars[bar];
     struct bus *bus = b->kind == PCI_BAR_IO ? &m->pio : &m->mmio;
-    if (old_addr != PCI_BAR_UNMAPPED)
+    if (old_addr != PCI_BAR_UNMAPPED) {
         bus_unregister(bus, old_addr, b->opaque);
+        doorbells_moved(m, f, bar, PCI_BAR_UNMAPPED);
+    }
     if (!enabled || new_addr == PCI_BAR_UNMAPPED)
         return;
     int r = bus_register(bus, new_addr, b->size, b->ops, b->opaque, f->name);
     if (r < 0)
         guest_error(f->name, "BAR %u at %#llx overlaps another device; not mapped", bar,
                     (unsigned long long)new_addr);
+    else
+        doorbells_moved(m, f, bar, new_addr);
 }
 
 static void on_pci_reset(void *ctx, uint8_t rcr)
@@ -321,44 +402,315 @@ static int boot_linux(struct machine *m, const struct machine_host *host, uint64
     return r;
 }
 
-/*
- * Devices the spec may name but this build does not emulate yet are
- * refused by name rather than silently left out of the guest.
- */
-static int refuse_unbuilt(const struct instance_spec *spec, struct cella_errors *errs)
+/* ---- disks and NICs ---- */
+
+static void comp_ptr(char out[CELLA_ERR_POINTER_MAX], const struct spec_component *c)
 {
-    int r = 0;
-    for (size_t i = 0; i < spec->count; i++) {
-        const struct spec_component *c = &spec->components[i];
-        if (c->kind != SK_VIRTIO_DISK && c->kind != SK_NVME_DISK && c->kind != SK_VIRTIO_NIC)
+    snprintf(out, CELLA_ERR_POINTER_MAX, "/components/%s", c->key);
+}
+
+/* The I/O thread: runs the queues whose ioeventfds fired. */
+static void *io_thread(void *arg)
+{
+    struct pci_devs *pd = arg;
+    struct epoll_event ev[16];
+    for (;;) {
+        int n = epoll_wait(pd->epfd, ev, 16, -1);
+        if (n < 0 && errno == EINTR)
             continue;
+        if (n < 0)
+            return NULL;
+        for (int i = 0; i < n; i++) {
+            uint64_t tag = ev[i].data.u64, cnt;
+            if (tag == UINT64_MAX)
+                return NULL;
+            struct vdev *v = &pd->vdev[tag >> 8];
+            unsigned q = (unsigned)(tag & 0xff);
+            if (read(v->efd[q], &cnt, sizeof(cnt)) == (ssize_t)sizeof(cnt))
+                virtio_pci_kick(v->vp, v->db[q].queue);
+        }
+    }
+}
+
+static int add_vdev(struct machine *m, struct virtio_pci *vp, struct cella_errors *errs)
+{
+    struct pci_devs *pd = &m->dev->pd;
+    struct vdev *v = &pd->vdev[pd->nvdev];
+    v->vp = vp;
+    v->n = virtio_pci_doorbells(vp, v->db, VIRTIO_MAX_QUEUES);
+    if (v->n > VIRTIO_MAX_QUEUES)
+        v->n = VIRTIO_MAX_QUEUES;
+    for (unsigned i = 0; i < VIRTIO_MAX_QUEUES; i++) {
+        v->efd[i] = -1;
+        v->gpa[i] = PCI_BAR_UNMAPPED;
+    }
+    for (unsigned i = 0; i < v->n; i++) {
+        v->efd[i] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        struct epoll_event ev = {.events = EPOLLIN, .data.u64 = (uint64_t)pd->nvdev << 8 | i};
+        if (v->efd[i] < 0 || epoll_ctl(pd->epfd, EPOLL_CTL_ADD, v->efd[i], &ev) < 0)
+            return cella_err(errs, -errno, "", "%s: eventfd: %s", vp->func.name, strerror(errno));
+    }
+    pd->nvdev++;
+    return 0;
+}
+
+static int add_to_bus(struct machine *m, const struct spec_component *c, struct pci_func *f,
+                      struct cella_errors *errs)
+{
+    int r = pci_topology_add(&m->dev->pci, spec_component_pci_path(c), f);
+    if (r < 0) {
         char ptr[CELLA_ERR_POINTER_MAX];
-        snprintf(ptr, sizeof(ptr), "/components/%s", c->key);
-        r = cella_err(errs, -ENOTSUP, ptr, "%s devices are not emulated by this build yet",
-                      spec_kind_name(c->kind));
+        comp_ptr(ptr, c);
+        return cella_err(errs, r, ptr, "cannot place the device at its PCI path: %s", strerror(-r));
+    }
+    return 0;
+}
+
+static struct blk_backend *disk_backend(struct machine *m, const struct spec_component *c,
+                                        struct cella_errors *errs)
+{
+    struct blk_backend *b = backend_set_blk(m->backends, spec_component_backend_id(c));
+    if (!b) {
+        char ptr[CELLA_ERR_POINTER_MAX];
+        snprintf(ptr, sizeof(ptr), "/components/%s/backend_id", c->key);
+        cella_err(errs, -ENOENT, ptr, "storage backend %s is not open",
+                  spec_component_backend_id(c));
+    }
+    return b;
+}
+
+static int add_virtio_disk(struct machine *m, const struct spec_component *c,
+                           struct cella_errors *errs)
+{
+    struct pci_devs *pd = &m->dev->pd;
+    struct blk_backend *b = disk_backend(m, c, errs);
+    if (!b)
+        return -ENOENT;
+    struct virtio_blk_params p = {
+        .name = c->key, .mem = &m->mem, .backend = b, .serial = c->key, .msi = &m->irq};
+    struct virtio_blk *vb = NULL;
+    int r = virtio_blk_create(&p, &vb);
+    if (r < 0) {
+        char ptr[CELLA_ERR_POINTER_MAX];
+        comp_ptr(ptr, c);
+        return cella_err(errs, r, ptr, "cannot create the virtio disk: %s", strerror(-r));
+    }
+    pd->blk[pd->nblk++] = vb;
+    r = add_vdev(m, virtio_blk_pci(vb), errs);
+    return r < 0 ? r : add_to_bus(m, c, &virtio_blk_pci(vb)->func, errs);
+}
+
+static int add_nvme_disk(struct machine *m, const struct spec_component *c,
+                         struct cella_errors *errs)
+{
+    struct pci_devs *pd = &m->dev->pd;
+    struct blk_backend *b = disk_backend(m, c, errs);
+    if (!b)
+        return -ENOENT;
+    struct nvme_disk *n = calloc(1, sizeof(*n));
+    if (!n)
+        return cella_err(errs, -ENOMEM, "", "out of memory");
+    int r = nvme_init(n, c->key, &c->u.nvme_disk, b, &m->mem, &m->irq);
+    if (r < 0) {
+        free(n);
+        char ptr[CELLA_ERR_POINTER_MAX];
+        comp_ptr(ptr, c);
+        return cella_err(errs, r, ptr, "cannot create the NVMe controller: %s", strerror(-r));
+    }
+    pd->nvme[pd->nnvme++] = n;
+    return add_to_bus(m, c, nvme_pci_func(n), errs);
+}
+
+static int add_virtio_nic(struct machine *m, const struct instance_spec *spec,
+                          const struct spec_component *c, struct cella_errors *errs)
+{
+    struct pci_devs *pd = &m->dev->pd;
+    const struct spec_component *be = spec_find(spec, c->u.virtio_nic.backend_id);
+    char ptr[CELLA_ERR_POINTER_MAX];
+    comp_ptr(ptr, c);
+    if (!be)
+        return cella_err(errs, -ENOENT, ptr, "its backend is missing");
+    struct net_backend *nb = NULL;
+    int r = net_open(be, &nb, errs);
+    if (r < 0)
+        return r;
+    pd->taps[pd->nnet] = nb;
+    struct virtio_net_params p = {
+        .name = c->key, .mem = &m->mem, .backend = nb, .mac = &c->u.virtio_nic.mac, .msi = &m->irq};
+    struct virtio_net *vn = NULL;
+    if ((r = virtio_net_create(&p, &vn)) < 0) {
+        net_close(nb);
+        pd->taps[pd->nnet] = NULL;
+        return cella_err(errs, r, ptr, "cannot create the virtio NIC: %s", strerror(-r));
+    }
+    pd->net[pd->nnet++] = vn;
+    r = add_vdev(m, virtio_net_pci(vn), errs);
+    return r < 0 ? r : add_to_bus(m, c, &virtio_net_pci(vn)->func, errs);
+}
+
+static int add_disks_and_nics(struct machine *m, const struct instance_spec *spec,
+                              struct cella_errors *errs)
+{
+    struct pci_devs *pd = &m->dev->pd;
+    size_t n = spec->count ? spec->count : 1;
+    pd->blk = calloc(n, sizeof(*pd->blk));
+    pd->nvme = calloc(n, sizeof(*pd->nvme));
+    pd->net = calloc(n, sizeof(*pd->net));
+    pd->taps = calloc(n + 1, sizeof(*pd->taps));
+    pd->vdev = calloc(n, sizeof(*pd->vdev));
+    pd->epfd = epoll_create1(EPOLL_CLOEXEC);
+    pd->stopfd = eventfd(0, EFD_CLOEXEC);
+    if (!pd->blk || !pd->nvme || !pd->net || !pd->taps || !pd->vdev)
+        return cella_err(errs, -ENOMEM, "", "out of memory");
+    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = UINT64_MAX};
+    if (pd->epfd < 0 || pd->stopfd < 0 || epoll_ctl(pd->epfd, EPOLL_CTL_ADD, pd->stopfd, &ev) < 0)
+        return cella_err(errs, -errno, "", "epoll: %s", strerror(errno));
+    int r = 0;
+    for (size_t i = 0; i < spec->count && r == 0; i++) {
+        const struct spec_component *c = &spec->components[i];
+        if (c->kind == SK_VIRTIO_DISK)
+            r = add_virtio_disk(m, c, errs);
+        else if (c->kind == SK_NVME_DISK)
+            r = add_nvme_disk(m, c, errs);
+        else if (c->kind == SK_VIRTIO_NIC)
+            r = add_virtio_nic(m, spec, c, errs);
+    }
+    if (r == 0 && pd->nvdev) {
+        r = -pthread_create(&pd->io_thread, NULL, io_thread, pd);
+        if (r < 0)
+            return cella_err(errs, r, "", "cannot start the I/O thread: %s", strerror(-r));
+        pd->io_started = true;
     }
     return r;
+}
+
+static void destroy_disks_and_nics(struct pci_devs *pd)
+{
+    if (pd->io_started) {
+        uint64_t one = 1;
+        if (write(pd->stopfd, &one, sizeof(one)) < 0)
+            log_msg(LOG_WARN, "machine", "cannot stop the I/O thread: %s", strerror(errno));
+        pthread_join(pd->io_thread, NULL);
+    }
+    for (size_t i = 0; i < pd->nnet; i++)
+        net_close(pd->taps[i]); /* no more receive callbacks after this */
+    if (pd->taps && pd->taps[pd->nnet])
+        net_close(pd->taps[pd->nnet]); /* opened, device not created */
+    for (size_t i = 0; i < pd->nnet; i++)
+        virtio_net_destroy(pd->net[i]);
+    for (size_t i = 0; i < pd->nblk; i++)
+        virtio_blk_destroy(pd->blk[i]);
+    for (size_t i = 0; i < pd->nnvme; i++) {
+        nvme_destroy(pd->nvme[i]);
+        free(pd->nvme[i]);
+    }
+    for (size_t k = 0; k < pd->nvdev; k++) {
+        for (unsigned i = 0; i < VIRTIO_MAX_QUEUES; i++) {
+            if (pd->vdev[k].efd[i] >= 0)
+                close(pd->vdev[k].efd[i]);
+        }
+    }
+    if (pd->epfd >= 0)
+        close(pd->epfd);
+    if (pd->stopfd >= 0)
+        close(pd->stopfd);
+    free(pd->blk);
+    free(pd->nvme);
+    free(pd->net);
+    free(pd->taps);
+    free(pd->vdev);
+}
+
+/* ---- boot order ---- */
+
+/* The bridges from bus 0 down to `bus`, then the device: fw_cfg's path. */
+static int boot_path(const struct instance_spec *spec, const struct pci_path *p,
+                     struct fw_cfg_boot_dev *d)
+{
+    struct fw_cfg_pci_loc rev[FW_CFG_BOOT_MAX_DEPTH];
+    size_t n = 0;
+    rev[n++] = (struct fw_cfg_pci_loc){p->device, p->function};
+    uint8_t bus = p->bus;
+    while (bus != 0) {
+        const struct spec_component *br = NULL;
+        for (size_t i = 0; i < spec->count && !br; i++) {
+            const struct spec_component *c = &spec->components[i];
+            if (c->kind == SK_PCI_PCI_BRIDGE && c->u.pci_pci_bridge.downstream_bus == bus)
+                br = c;
+        }
+        if (!br || n == FW_CFG_BOOT_MAX_DEPTH)
+            return -EINVAL;
+        const struct pci_path *bp = &br->u.pci_pci_bridge.pci_path;
+        rev[n++] = (struct fw_cfg_pci_loc){bp->device, bp->function};
+        bus = bp->bus;
+    }
+    d->depth = n;
+    for (size_t i = 0; i < n; i++)
+        d->path[i] = rev[n - 1 - i];
+    return 0;
+}
+
+/*
+ * The "bootorder" file from boot_settings: SeaBIOS and OVMF try the listed
+ * disks first, in order, then everything else (not strict, like QEMU
+ * without -boot strict=on).
+ */
+static int add_bootorder(struct machine *m, const struct instance_spec *spec,
+                         struct cella_errors *errs)
+{
+    const struct spec_component *bs = NULL;
+    for (size_t i = 0; i < spec->count && !bs; i++) {
+        if (spec->components[i].kind == SK_BOOT_SETTINGS)
+            bs = &spec->components[i];
+    }
+    if (!bs || !bs->u.boot_settings.order.count)
+        return 0;
+    const struct boot_order *o = &bs->u.boot_settings.order;
+    struct fw_cfg_boot_dev devs[FW_CFG_BOOT_MAX_DEVS];
+    size_t n = 0;
+    for (size_t i = 0; i < o->count && n < FW_CFG_BOOT_MAX_DEVS; i++) {
+        const struct spec_component *c = spec_find(spec, o->ids[i]);
+        if (!c || (c->kind != SK_VIRTIO_DISK && c->kind != SK_NVME_DISK))
+            continue; /* validation names these; nothing to boot here */
+        struct fw_cfg_boot_dev *d = &devs[n];
+        memset(d, 0, sizeof(*d));
+        d->kind = c->kind == SK_VIRTIO_DISK ? FW_CFG_BOOT_VIRTIO_BLK : FW_CFG_BOOT_NVME;
+        const struct pci_func *f = pci_topology_get(&m->dev->pci, spec_component_pci_path(c));
+        if (c->kind == SK_NVME_DISK && f) {
+            d->vendor_id = (uint16_t)pci_cfg_peek(f, PCI_REG_VENDOR_ID, 2);
+            d->device_id = (uint16_t)pci_cfg_peek(f, PCI_REG_DEVICE_ID, 2);
+            d->nsid = 1;
+        }
+        if (boot_path(spec, spec_component_pci_path(c), d) == 0)
+            n++;
+    }
+    int r = fw_cfg_add_bootorder(&m->dev->fw.fw, devs, n, false);
+    if (r < 0)
+        return cella_err(errs, r, "", "fw_cfg bootorder: %s", strerror(-r));
+    return 0;
 }
 
 int machine_devices_create(struct machine *m, const struct instance_spec *spec,
                            const struct machine_host *host, struct cella_errors *errs)
 {
-    if (refuse_unbuilt(spec, errs) < 0)
-        return -ENOTSUP;
     m->dev = calloc(1, sizeof(*m->dev));
     if (!m->dev)
         return cella_err(errs, -ENOMEM, "", "out of memory");
+    m->dev->pd.epfd = m->dev->pd.stopfd = -1;
     int r = add_serial_ports(m, spec, errs);
     if (r == 0)
         r = add_platform(m, spec, errs);
     if (r == 0)
         r = add_pci(m, spec, errs);
+    if (r == 0)
+        r = add_disks_and_nics(m, spec, errs);
     if (r < 0)
         return r;
     if (host->bootrom) {
         struct acpi_platform p;
         describe_platform(m, &p);
-        return boot_fw_setup(m, &m->dev->fw, host, &p, errs);
+        r = boot_fw_setup(m, &m->dev->fw, host, &p, errs);
+        return r < 0 ? r : add_bootorder(m, spec, errs);
     }
     if (host->kernel) {
         uint64_t rsdp = 0;
@@ -372,6 +724,7 @@ void machine_devices_destroy(struct machine *m)
 {
     if (!m->dev)
         return;
+    destroy_disks_and_nics(&m->dev->pd);
     for (int i = 0; i < 4; i++) {
         if (m->dev->com[i].present)
             uart_destroy(&m->dev->com[i].uart);

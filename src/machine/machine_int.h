@@ -31,6 +31,7 @@ struct machine {
     atomic_bool event_sent; /* only the first terminal event is reported */
     bool started;
     struct machine_devices *dev;
+    struct backend_set *backends; /* not owned */
 };
 
 /* Reports an event to the owner; terminal events also stop the vCPUs. */

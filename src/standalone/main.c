@@ -21,6 +21,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "backends/set.h"
 #include "common/log.h"
 #include "config/config.h"
 #include "machine/machine.h"
@@ -43,6 +44,7 @@ struct standalone {
     struct machine *m; /* guarded by lock while the input thread uses it */
     int serial_fd[5];  /* where com1..com4 output goes; -1 to drop */
     atomic_bool detach;
+    struct backend_set *backends;
 };
 
 static void on_event(void *ctx, enum machine_event ev, const char *detail)
@@ -209,7 +211,7 @@ static int boot(struct standalone *s, const struct instance_spec *spec,
     struct machine *m;
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    int r = machine_create(spec, host, &cb, &m, &errs);
+    int r = machine_create(spec, host, s->backends, &cb, &m, &errs);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     log_msg(LOG_DEBUG, "standalone", "machine built in %.1f ms",
             (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6);
@@ -235,8 +237,36 @@ static void teardown(struct standalone *s)
     machine_destroy(m);
 }
 
+static void on_backend_event(void *ctx, const char *key, enum blk_event ev, const char *detail)
+{
+    static const char *const names[] = {"degraded", "recovered", "failed"};
+    log_msg(ev == BLK_EV_RECOVERED ? LOG_INFO : LOG_WARN, "standalone", "backend %s %s: %s", key,
+            names[ev], detail ? detail : "");
+}
+
+static int run_machines(struct standalone *s, const struct instance_spec *spec,
+                        const struct machine_host *host);
+
+/* Opens the disks' backends once (they outlive reboots), then runs machines. */
 static int run(struct standalone *s, const struct instance_spec *spec,
                const struct machine_host *host)
+{
+    struct cella_errors errs = {0};
+    if (backend_set_open(spec, on_backend_event, s, &s->backends, &errs) < 0) {
+        cella_errors_sort(&errs);
+        fprintf(stderr, "cella-standalone: cannot open the backends:\n");
+        cella_errors_print(&errs, stderr);
+        cella_errors_clear(&errs);
+        return EXIT_INVALID;
+    }
+    int rc = run_machines(s, spec, host);
+    backend_set_close(s->backends);
+    s->backends = NULL;
+    return rc;
+}
+
+static int run_machines(struct standalone *s, const struct instance_spec *spec,
+                        const struct machine_host *host)
 {
     for (;;) {
         if (boot(s, spec, host) < 0)
