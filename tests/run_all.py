@@ -207,6 +207,9 @@ def main():
         fuzz_target("fuzz_fw_cfg", os.path.join(ROOT, "tests/fuzz/corpus/fw_cfg"))
         fuzz_target("fuzz_pci", os.path.join(ROOT, "tests/fuzz/corpus/pci"))
         fuzz_target("fuzz_kernel_image", os.path.join(ROOT, "tests/fuzz/corpus/kernel_image"))
+        fuzz_target("fuzz_virtqueue", os.path.join(ROOT, "tests/fuzz/corpus/virtqueue"))
+        fuzz_target("fuzz_virtio_blk", os.path.join(ROOT, "tests/fuzz/corpus/virtio_blk"))
+        fuzz_target("fuzz_nvme", os.path.join(ROOT, "tests/fuzz/corpus/nvme"))
     format_check()
     print(f"== took {time.time() - start:.0f} s")
     if failures:
