@@ -39,7 +39,17 @@ struct guest_mem {
     uint8_t *base; /* mapping of the whole memfd (regions point into it) */
     size_t nregions;
     struct guest_mem_region regions[GUEST_MEM_MAX_REGIONS];
+    /*
+     * Pages written by cella itself (device DMA) while migration tracks
+     * dirty memory: one bit per 4 KiB page, indexed by offset in the memfd
+     * (the same index KVM's dirty log uses, region by region). NULL when
+     * not tracking. KVM's dirty log does not see writes made through
+     * cella's own mapping, hence this.
+     */
+    _Atomic(uint64_t *) dirty;
 };
+
+#define GUEST_PAGE_SIZE 4096ull
 
 /*
  * Creates `size` bytes of guest RAM (a multiple of 4 KiB) in a memfd,
@@ -63,6 +73,28 @@ void *guest_mem_ptr(const struct guest_mem *m, uint64_t gpa, uint64_t len);
 /* Copies between guest RAM and host buffers; -EFAULT when out of RAM. */
 int guest_mem_read(const struct guest_mem *m, uint64_t gpa, void *dst, size_t len);
 int guest_mem_write(const struct guest_mem *m, uint64_t gpa, const void *src, size_t len);
+
+/*
+ * Dirty tracking of device writes (see struct guest_mem). Devices call
+ * guest_mem_dirty() after they wrote guest RAM through a pointer from
+ * guest_mem_ptr() (the data first, then the mark, so a page whose mark was
+ * taken is sent again if written afterwards). A no-op when not tracking,
+ * and for ranges outside RAM. Any thread.
+ */
+void guest_mem_dirty(const struct guest_mem *m, uint64_t gpa, uint64_t len);
+/* Starts tracking (every bit clear). 0 or -ENOMEM. Owner thread. */
+int guest_mem_dirty_start(struct guest_mem *m);
+/*
+ * ORs the marked pages into `out` (size/4096 bits, memfd order) and clears
+ * them, atomically per word. Any thread while tracking.
+ */
+void guest_mem_dirty_take(struct guest_mem *m, uint64_t *out);
+/* Stops tracking and frees the bitmap; the caller guarantees no device
+ * is writing (machine paused or devices quiesced). */
+void guest_mem_dirty_stop(struct guest_mem *m);
+
+/* The memfd offset of gpa (page index = offset / 4096), or UINT64_MAX. */
+uint64_t guest_mem_offset_of(const struct guest_mem *m, uint64_t gpa);
 
 /* The region holding gpa, or NULL. */
 const struct guest_mem_region *guest_mem_region_of(const struct guest_mem *m, uint64_t gpa);
