@@ -54,16 +54,19 @@ class Vm:
     """A cella-standalone process with the guest kit; console via GuestConsole."""
 
     def __init__(self, exe, kit, tmp_path, config, extra=(), firmware=False, cmdline=None,
-                 bootrom=SEABIOS):
+                 bootrom=SEABIOS, kernel=True, prefix=()):
+        # kernel=False (with firmware=True): no --kernel, the firmware boots
+        # from a disk. prefix: argv in front of cella's (e.g. ip netns exec).
         self.config = tmp_path / "vm.toml"
         self.config.write_text(config)
-        argv = [exe, str(self.config)]
+        argv = list(prefix) + [exe, str(self.config)]
         if firmware:
             argv += ["--bootrom", bootrom]
-            if bootrom == SEABIOS:
+            if bootrom == SEABIOS and kernel:
                 argv += ["--linuxboot-rom", LINUXBOOT]
-        argv += ["--kernel", kit["GUEST_BZIMAGE"], "--initrd", kit["GUEST_INITRAMFS"],
-                 "--cmdline", cmdline or kit["GUEST_CMDLINE"]]
+        if kernel:
+            argv += ["--kernel", kit["GUEST_BZIMAGE"], "--initrd", kit["GUEST_INITRAMFS"],
+                     "--cmdline", cmdline or kit["GUEST_CMDLINE"]]
         argv += list(extra)
         self.argv = argv
         self.console = GuestConsole(argv, log=str(tmp_path / "console.log"))
@@ -209,3 +212,34 @@ def ensure_body(spec, name="vm"):
                                         "sled_model": "cella", "sled_revision": 0,
                                         "sled_serial": "test"}},
             "init": {"method": "Spec", "value": {"spec": spec}}}
+
+
+# -- disks (test_storage.py, test_network.py and later users) --------------
+
+def copy_file(src, dst):
+    """Copies src to dst (a path in tmp_path) and returns dst as a str."""
+    import shutil
+    shutil.copyfile(src, dst)
+    return str(dst)
+
+
+def sha256_file(path):
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def e2fsck_clean(image):
+    """Asserts that `e2fsck -fn` finds nothing wrong in image."""
+    p = subprocess.run(["e2fsck", "-fn", str(image)], capture_output=True, text=True)
+    assert p.returncode == 0, f"e2fsck -fn {image} exited {p.returncode}:\n{p.stdout}{p.stderr}"
+
+
+def debugfs_read(image, path):
+    """The bytes of file `path` inside ext4 image (read with debugfs, no mount)."""
+    p = subprocess.run(["debugfs", "-R", f"cat {path}", str(image)], capture_output=True)
+    assert p.returncode == 0, p.stderr.decode(errors="replace")
+    return p.stdout
