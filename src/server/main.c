@@ -10,7 +10,6 @@
  * PUT /instance. This is the only place in cella that may exit.
  */
 #include <errno.h>
-#include <getopt.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -19,6 +18,7 @@
 
 #include "api/api.h"
 #include "common/log.h"
+#include "machine/host_opts.h"
 #include "instance/instance.h"
 
 static void usage(FILE *f)
@@ -60,12 +60,7 @@ static int parse_args(int argc, char **argv, struct instance_host *host, const c
                       uint16_t *port)
 {
     static const struct option opts[] = {
-        {"kernel", required_argument, NULL, 'k'},
-        {"initrd", required_argument, NULL, 'i'},
-        {"cmdline", required_argument, NULL, 'c'},
-        {"bootrom", required_argument, NULL, 'b'},
-        {"linuxboot-rom", required_argument, NULL, 'l'},
-        {"log-level", required_argument, NULL, 'L'},
+        MACHINE_HOST_OPTIONS,
         {"help", no_argument, NULL, 'h'},
         {0},
     };
@@ -78,32 +73,14 @@ static int parse_args(int argc, char **argv, struct instance_host *host, const c
         return -EINVAL;
     }
     int c;
-    enum log_level lvl;
     optind = 3;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        int r = machine_host_option(c, optarg, &host->boot, "cella-server");
+        if (r < 0)
+            return r;
+        if (r > 0)
+            continue;
         switch (c) {
-        case 'k':
-            host->boot.kernel = optarg;
-            break;
-        case 'i':
-            host->boot.initrd = optarg;
-            break;
-        case 'c':
-            host->boot.cmdline = optarg;
-            break;
-        case 'b':
-            host->boot.bootrom = optarg;
-            break;
-        case 'l':
-            host->boot.linuxboot_rom = optarg;
-            break;
-        case 'L':
-            if (log_level_from_name(optarg, &lvl) < 0) {
-                fprintf(stderr, "cella-server: unknown log level %s\n", optarg);
-                return -EINVAL;
-            }
-            log_set_level(lvl);
-            break;
         case 'h':
             usage(stdout);
             exit(0);
@@ -112,7 +89,7 @@ static int parse_args(int argc, char **argv, struct instance_host *host, const c
             return -EINVAL;
         }
     }
-    if (optind != argc || (!host->boot.kernel && !host->boot.bootrom)) {
+    if (optind != argc || machine_host_check(&host->boot) < 0) {
         fprintf(stderr, "cella-server: give a boot source: --kernel and/or --bootrom\n");
         return -EINVAL;
     }

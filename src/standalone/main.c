@@ -10,7 +10,6 @@
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <getopt.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -24,6 +23,7 @@
 #include "backends/set.h"
 #include "common/log.h"
 #include "config/config.h"
+#include "machine/host_opts.h"
 #include "machine/machine.h"
 #include "spec/validate.h"
 
@@ -130,47 +130,24 @@ static int parse_serial(struct args *a, const char *v)
 static int parse_args(int argc, char **argv, struct args *a)
 {
     static const struct option opts[] = {
-        {"kernel", required_argument, NULL, 'k'},
-        {"initrd", required_argument, NULL, 'i'},
-        {"cmdline", required_argument, NULL, 'c'},
-        {"bootrom", required_argument, NULL, 'b'},
-        {"linuxboot-rom", required_argument, NULL, 'l'},
+        MACHINE_HOST_OPTIONS,
         {"serial", required_argument, NULL, 's'},
-        {"log-level", required_argument, NULL, 'L'},
         {"help", no_argument, NULL, 'h'},
         {0},
     };
     int c;
-    enum log_level lvl;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        int r = machine_host_option(c, optarg, &a->host, "cella-standalone");
+        if (r < 0)
+            return r;
+        if (r > 0)
+            continue;
         switch (c) {
-        case 'k':
-            a->host.kernel = optarg;
-            break;
-        case 'i':
-            a->host.initrd = optarg;
-            break;
-        case 'c':
-            a->host.cmdline = optarg;
-            break;
-        case 'b':
-            a->host.bootrom = optarg;
-            break;
-        case 'l':
-            a->host.linuxboot_rom = optarg;
-            break;
         case 's':
             if (parse_serial(a, optarg) < 0) {
                 fprintf(stderr, "cella-standalone: --serial wants comN=PATH, not %s\n", optarg);
                 return -EINVAL;
             }
-            break;
-        case 'L':
-            if (log_level_from_name(optarg, &lvl) < 0) {
-                fprintf(stderr, "cella-standalone: unknown log level %s\n", optarg);
-                return -EINVAL;
-            }
-            log_set_level(lvl);
             break;
         case 'h':
             usage(stdout);
@@ -179,7 +156,7 @@ static int parse_args(int argc, char **argv, struct args *a)
             return -EINVAL;
         }
     }
-    if (optind != argc - 1 || (!a->host.kernel && !a->host.bootrom)) {
+    if (optind != argc - 1 || machine_host_check(&a->host) < 0) {
         usage(stderr);
         return -EINVAL;
     }
