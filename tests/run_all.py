@@ -16,7 +16,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.environ.get("CELLA_SHARED", os.path.join(os.path.dirname(ROOT), "shared"))
-FUZZ_SECONDS = int(os.environ.get("FUZZ_SECONDS", "30"))
+FUZZ_SECONDS = int(os.environ.get("FUZZ_SECONDS", "20"))
 
 BUILDS = {
     # name: (environment, meson options)
@@ -210,6 +210,8 @@ def main():
         fuzz_target("fuzz_virtqueue", os.path.join(ROOT, "tests/fuzz/corpus/virtqueue"))
         fuzz_target("fuzz_virtio_blk", os.path.join(ROOT, "tests/fuzz/corpus/virtio_blk"))
         fuzz_target("fuzz_nvme", os.path.join(ROOT, "tests/fuzz/corpus/nvme"))
+        fuzz_target("fuzz_device_state", os.path.join(ROOT, "tests/fuzz/corpus/device_state"))
+        fuzz_target("fuzz_migrate", os.path.join(ROOT, "tests/fuzz/corpus/migrate"))
     format_check()
     print(f"== took {time.time() - start:.0f} s")
     if failures:

@@ -110,6 +110,8 @@ struct api_req {
     bool completed;         /* libmicrohttpd reported the request complete */
     bool ws_offset_known;   /* ws_offset is exact (not "from now" past the end) */
     uint64_t ws_offset;     /* absolute offset of the first byte the session sends */
+    /* What runs on the upgraded socket (connection thread, blocking). */
+    void (*ws_run)(struct api_req *r, const char *extra_in, size_t extra_len, int sock);
 };
 
 /* ---- routes.c ---- */
@@ -130,6 +132,14 @@ void api_h_serial_history(struct api_req *r);
  * Connection thread.
  */
 void api_h_serial_ws(struct api_req *r);
+
+/*
+ * For any websocket endpoint: checks the client's handshake headers (an
+ * error answer is queued and false returned when they are wrong), then
+ * api_ws_upgrade queues the 101 whose upgrade handler calls r->ws_run.
+ */
+bool api_ws_handshake_ok(struct api_req *r);
+void api_ws_upgrade(struct api_req *r);
 
 /* ---- ws.c ---- */
 

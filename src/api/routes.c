@@ -56,17 +56,15 @@ static void h_instance_put(struct api_req *r)
                             "this server already has an instance");
         break;
     case -EINVAL:
-        api_reply_errors(r, MHD_HTTP_BAD_REQUEST, NULL, "invalid instance spec", &errs, prefix);
+        api_reply_errors(r, MHD_HTTP_BAD_REQUEST, NULL,
+                         target ? "the migration cannot start" : "invalid instance spec", &errs,
+                         target ? NULL : prefix);
         break;
     case -ENOTSUP:
-        if (target)
-            api_reply_errors(r, MHD_HTTP_NOT_IMPLEMENTED, NULL,
-                             "live migration (init method MigrationTarget) is not supported by "
-                             "this server yet",
-                             &errs, prefix);
-        else
-            api_reply_errors(r, MHD_HTTP_BAD_REQUEST, NULL,
-                             "the spec asks for something this host cannot provide", &errs, prefix);
+        api_reply_errors(r, MHD_HTTP_BAD_REQUEST, NULL,
+                         target ? "the source's VM cannot run on this host"
+                                : "the spec asks for something this host cannot provide",
+                         &errs, target ? NULL : prefix);
         break;
     default:
         api_reply_errors(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "CreateFailed",
@@ -160,9 +158,18 @@ static void h_state_put(struct api_req *r)
 
 /* ---- GET /instance/state-monitor ---- */
 
-static json_t *migration_status_json(void)
+/* One side of InstanceMigrateStatusResponse: null, or {id, state}. */
+static json_t *migration_side(const struct instance_migration *m)
 {
-    return json_pack("{s:n,s:n}", "migration_in", "migration_out");
+    if (!m->present)
+        return json_null();
+    return json_pack("{s:s,s:s}", "id", m->id, "state", m->state ? m->state : "Sync");
+}
+
+static json_t *migration_status_json(const struct instance_view *v)
+{
+    return json_pack("{s:o,s:o}", "migration_in", migration_side(&v->migration_in), "migration_out",
+                     migration_side(&v->migration_out));
 }
 
 static void h_state_monitor(struct api_req *r)
@@ -196,7 +203,7 @@ static void h_state_monitor(struct api_req *r)
         if (rc == 0) {
             json_t *body =
                 json_pack("{s:I,s:s,s:o}", "gen", (json_int_t)v.gen, "state",
-                          instance_state_name(v.state), "migration", migration_status_json());
+                          instance_state_name(v.state), "migration", migration_status_json(&v));
             instance_view_free(&v);
             api_reply_json(r, MHD_HTTP_OK, body);
             return;
@@ -234,8 +241,37 @@ static void h_migration_status(struct api_req *r)
         api_reply_instance_error(r, rc, NULL);
         return;
     }
+    json_t *body = migration_status_json(&v);
     instance_view_free(&v);
-    api_reply_json(r, MHD_HTTP_OK, migration_status_json());
+    api_reply_json(r, MHD_HTTP_OK, body);
+}
+
+/* ---- GET /instance/migration-report (cella) ---- */
+
+static void h_migration_report(struct api_req *r)
+{
+    char *text = NULL;
+    int rc = instance_migration_report(r->srv->inst, &text);
+    if (rc == -ENOENT) {
+        struct instance_view v;
+        memset(&v, 0, sizeof(v));
+        if (instance_get(r->srv->inst, &v) == -ENOENT) {
+            api_reply_instance_error(r, -ENOENT, NULL);
+        } else {
+            instance_view_free(&v);
+            api_reply_error(r, MHD_HTTP_NOT_FOUND, NULL,
+                            "no outgoing migration has run on this server");
+        }
+        return;
+    }
+    json_error_t je;
+    json_t *j = text ? json_loads(text, 0, &je) : NULL;
+    free(text);
+    if (!j) {
+        api_reply_instance_error(r, rc < 0 ? rc : -ENOMEM, NULL);
+        return;
+    }
+    api_reply_json(r, MHD_HTTP_OK, j);
 }
 
 /* ---- POST /instance/nmi ---- */
@@ -253,6 +289,46 @@ static void h_nmi(struct api_req *r)
 
 /* ---- GET /instance/migrate/{migration_id}/start ---- */
 
+/* ---- PUT /instance/migration-settings (cella) ---- */
+
+static void h_migration_settings(struct api_req *r)
+{
+    static const char *const fields[] = {"downtime_ms"};
+    json_t *j;
+    if (api_body_json(r, false, &j) < 0)
+        return;
+    struct cella_errors errs = {0};
+    struct jptr root;
+    jptr_root(&root);
+    uint64_t ms = 0;
+    int rc = cella_json_check_fields(j, fields, 1, &root, &errs);
+    if (cella_json_get_uint(j, "downtime_ms", 600000, true, &root, &ms, &errs) < 0 || ms == 0)
+        rc = -EINVAL;
+    json_decref(j);
+    if (rc < 0) {
+        api_reply_errors(r, MHD_HTTP_BAD_REQUEST, NULL,
+                         "expected {\"downtime_ms\": N} with N from 1 to 600000", &errs, NULL);
+        cella_errors_clear(&errs);
+        return;
+    }
+    rc = instance_set_migration_downtime(r->srv->inst, (uint32_t)ms);
+    if (rc < 0)
+        api_reply_instance_error(r, rc, NULL);
+    else
+        api_reply_empty(r, MHD_HTTP_NO_CONTENT);
+}
+
+/* The source side runs on the upgraded connection's own thread. */
+static void migrate_session(struct api_req *r, const char *extra_in, size_t extra_len, int sock)
+{
+    struct cella_errors errs = {0};
+    int rc = instance_migrate_out(r->srv->inst, r->arg, sock, extra_in, extra_len, &errs);
+    if (rc < 0)
+        log_msg(LOG_WARN, "migrate", "outgoing migration %s ended without moving the VM: %s",
+                r->arg, errs.count ? errs.items[0].message : strerror(-rc));
+    cella_errors_clear(&errs);
+}
+
 static void h_migrate_start(struct api_req *r)
 {
     if (!cella_uuid_valid(r->arg)) {
@@ -267,9 +343,20 @@ static void h_migrate_start(struct api_req *r)
         api_reply_instance_error(r, rc, NULL);
         return;
     }
+    enum instance_state s = v.state;
+    bool busy = v.migration_out.present && v.migration_out.state &&
+                strcmp(v.migration_out.state, "Finish") != 0 &&
+                strcmp(v.migration_out.state, "Error") != 0;
     instance_view_free(&v);
-    api_reply_error(r, MHD_HTTP_NOT_IMPLEMENTED, NULL,
-                    "live migration is not supported by this server yet");
+    if (s != INSTANCE_RUNNING || busy) {
+        api_reply_error(r, MHD_HTTP_CONFLICT, NULL, "this instance cannot migrate now (state %s%s)",
+                        instance_state_name(s), busy ? ", a migration is running" : "");
+        return;
+    }
+    if (!api_ws_handshake_ok(r))
+        return;
+    r->ws_run = migrate_session;
+    api_ws_upgrade(r);
 }
 
 /* ---- the table ---- */
@@ -287,6 +374,8 @@ static const struct api_route routes[] = {
     {"/instance/state", "PUT", {{"PUT", h_state_put, JSON_BODY, false}}},
     {"/instance/state-monitor", "GET", {{"GET", h_state_monitor, JSON_BODY, false}}},
     {"/instance/migration-status", "GET", {{"GET", h_migration_status, NO_BODY, false}}},
+    {"/instance/migration-report", "GET", {{"GET", h_migration_report, NO_BODY, false}}},
+    {"/instance/migration-settings", "PUT", {{"PUT", h_migration_settings, JSON_BODY, false}}},
     {"/instance/nmi", "POST", {{"POST", h_nmi, NO_BODY, false}}},
     {"/instance/serial/history", "GET", {{"GET", api_h_serial_history, NO_BODY, false}}},
     {"/instance/serial", "GET", {{"GET", api_h_serial_ws, NO_BODY, false}}},

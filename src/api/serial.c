@@ -147,7 +147,7 @@ static void on_upgrade(void *cls, struct MHD_Connection *conn, void *con_cls, co
     s->ws_active++;
     pthread_mutex_unlock(&s->lock);
 
-    api_ws_session(r, extra_in, extra_in_size, sock);
+    r->ws_run(r, extra_in, extra_in_size, sock);
     shutdown(sock, SHUT_RDWR);
     MHD_upgrade_action(urh, MHD_UPGRADE_ACTION_CLOSE);
 
@@ -176,27 +176,8 @@ void api_h_serial_ws(struct api_req *r)
                         "given");
         return;
     }
-    const char *upgrade = api_header(r, MHD_HTTP_HEADER_UPGRADE);
-    const char *connection = api_header(r, MHD_HTTP_HEADER_CONNECTION);
-    const char *version = api_header(r, "Sec-WebSocket-Version");
-    const char *key = api_header(r, "Sec-WebSocket-Key");
-    if (!upgrade || !header_has_token(upgrade, "websocket") || !connection ||
-        !header_has_token(connection, "upgrade")) {
-        api_reply_error(r, MHD_HTTP_BAD_REQUEST, NULL,
-                        "this endpoint is a websocket: send \"Connection: Upgrade\" and "
-                        "\"Upgrade: websocket\"");
+    if (!api_ws_handshake_ok(r))
         return;
-    }
-    if (!version || strcmp(version, "13") != 0) {
-        api_reply_error(r, MHD_HTTP_UPGRADE_REQUIRED, NULL,
-                        "unsupported websocket version; this server speaks version 13");
-        return;
-    }
-    if (!ws_key_valid(key)) {
-        api_reply_error(r, MHD_HTTP_BAD_REQUEST, NULL,
-                        "Sec-WebSocket-Key must be the base64 encoding of 16 bytes");
-        return;
-    }
     struct serial_hub *h = hub_of(r);
     if (!h)
         return;
@@ -229,6 +210,41 @@ void api_h_serial_ws(struct api_req *r)
         api_reply_instance_error(r, rc, NULL);
         return;
     }
+    r->ws_offset = start;
+    r->ws_offset_known = start <= total;
+    r->ws_run = api_ws_session;
+    api_ws_upgrade(r);
+}
+
+bool api_ws_handshake_ok(struct api_req *r)
+{
+    const char *upgrade = api_header(r, MHD_HTTP_HEADER_UPGRADE);
+    const char *connection = api_header(r, MHD_HTTP_HEADER_CONNECTION);
+    const char *version = api_header(r, "Sec-WebSocket-Version");
+    const char *key = api_header(r, "Sec-WebSocket-Key");
+    if (!upgrade || !header_has_token(upgrade, "websocket") || !connection ||
+        !header_has_token(connection, "upgrade")) {
+        api_reply_error(r, MHD_HTTP_BAD_REQUEST, NULL,
+                        "this endpoint is a websocket: send \"Connection: Upgrade\" and "
+                        "\"Upgrade: websocket\"");
+        return false;
+    }
+    if (!version || strcmp(version, "13") != 0) {
+        api_reply_error(r, MHD_HTTP_UPGRADE_REQUIRED, NULL,
+                        "unsupported websocket version; this server speaks version 13");
+        return false;
+    }
+    if (!ws_key_valid(key)) {
+        api_reply_error(r, MHD_HTTP_BAD_REQUEST, NULL,
+                        "Sec-WebSocket-Key must be the base64 encoding of 16 bytes");
+        return false;
+    }
+    return true;
+}
+
+void api_ws_upgrade(struct api_req *r)
+{
+    const char *key = api_header(r, "Sec-WebSocket-Key");
     char accept[29];
     cella_ws_accept(key, accept);
     struct MHD_Response *resp = MHD_create_response_for_upgrade(on_upgrade, r);
@@ -243,8 +259,6 @@ void api_h_serial_ws(struct api_req *r)
         return;
     }
     r->ws_queued = true;
-    r->ws_offset = start;
-    r->ws_offset_known = start <= total;
     if (api_queue(r, MHD_HTTP_SWITCHING_PROTOCOLS, resp) < 0)
         r->ws_queued = false;
 }

@@ -19,6 +19,18 @@
 int blk_blob_contents(struct blk_backend *b, const uint8_t **data, size_t *len);
 
 /*
+ * blk_open with flags. BLK_OPEN_NOLOCK: do not take the image lock (a
+ * migration target probing an image its source still holds; never for
+ * I/O that a guest could see).
+ */
+#define BLK_OPEN_NOLOCK 1u
+int blk_open_ex(const struct spec_component *c, unsigned flags, struct blk_backend **out,
+                struct cella_errors *errs);
+
+/* Replaces a blob backend's contents (same size). -EINVAL otherwise. */
+int blk_blob_set_contents(struct blk_backend *b, const uint8_t *data, size_t len);
+
+/*
  * How a file backend runs its requests: "io_uring" or "threads" (a worker
  * pool, used when io_uring is unavailable or CELLA_BLK_FILE_THREADS=1 is
  * set), or NULL if b is not a file backend.

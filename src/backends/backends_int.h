@@ -22,7 +22,7 @@ int blk_req_check(const struct blk_backend *b, const struct blk_req *req);
 /* Seconds from a monotonic clock. */
 double be_now(void);
 
-int blk_file_open(const struct spec_component *c, struct blk_backend **out,
+int blk_file_open(const struct spec_component *c, unsigned flags, struct blk_backend **out,
                   struct cella_errors *errs);
 int blk_blob_open(const struct spec_component *c, struct blk_backend **out,
                   struct cella_errors *errs);

@@ -151,6 +151,19 @@ int blk_blob_contents(struct blk_backend *b, const uint8_t **data, size_t *len)
     return 0;
 }
 
+int blk_blob_set_contents(struct blk_backend *b, const uint8_t *data, size_t len)
+{
+    if (!b || b->ops != &blob_ops)
+        return -EINVAL;
+    struct blob_backend *bb = (struct blob_backend *)b;
+    if (len != bb->len)
+        return -EINVAL;
+    pthread_rwlock_wrlock(&bb->lock);
+    memcpy(bb->data, data, len);
+    pthread_rwlock_unlock(&bb->lock);
+    return 0;
+}
+
 int blk_blob_open(const struct spec_component *c, struct blk_backend **out,
                   struct cella_errors *errs)
 {

@@ -588,7 +588,7 @@ static void open_direct(struct file_backend *f, int flags, uint64_t size)
 }
 
 static int open_image(struct file_backend *f, const struct c_file_storage_backend *spec,
-                      const char *ptr, struct cella_errors *errs)
+                      unsigned oflags, const char *ptr, struct cella_errors *errs)
 {
     int flags = (spec->readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC;
     f->fd = open(f->path, flags);
@@ -597,7 +597,8 @@ static int open_image(struct file_backend *f, const struct c_file_storage_backen
         return cella_err(errs, -e, ptr, "cannot open \"%s\"%s: %s", f->path,
                          spec->readonly ? " for reading" : " for reading and writing", strerror(e));
     }
-    if (flock(f->fd, (spec->readonly ? LOCK_SH : LOCK_EX) | LOCK_NB) < 0) {
+    if (!(oflags & BLK_OPEN_NOLOCK) &&
+        flock(f->fd, (spec->readonly ? LOCK_SH : LOCK_EX) | LOCK_NB) < 0) {
         int e = errno;
         if (e == EWOULDBLOCK)
             return cella_err(errs, -EBUSY, ptr,
@@ -628,7 +629,7 @@ static int open_image(struct file_backend *f, const struct c_file_storage_backen
     return 0;
 }
 
-int blk_file_open(const struct spec_component *c, struct blk_backend **out,
+int blk_file_open(const struct spec_component *c, unsigned oflags, struct blk_backend **out,
                   struct cella_errors *errs)
 {
     const struct c_file_storage_backend *spec = &c->u.file_storage_backend;
@@ -656,7 +657,7 @@ int blk_file_open(const struct spec_component *c, struct blk_backend **out,
     f->b.info.can_flush = true;
     f->b.info.can_discard = !spec->readonly;
     f->b.info.can_write_zeroes = !spec->readonly;
-    int r = open_image(f, spec, p.buf, errs);
+    int r = open_image(f, spec, oflags, p.buf, errs);
     if (r < 0) {
         file_free(f);
         return r;

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MPL-2.0 */
 /* blk_open(): picks the backend for a storage component; request checks. */
 #include "backends/block.h"
+#include "backends/backends.h"
 
 #include <errno.h>
 #include <time.h>
@@ -26,11 +27,17 @@ double be_now(void)
 
 int blk_open(const struct spec_component *c, struct blk_backend **out, struct cella_errors *errs)
 {
+    return blk_open_ex(c, 0, out, errs);
+}
+
+int blk_open_ex(const struct spec_component *c, unsigned flags, struct blk_backend **out,
+                struct cella_errors *errs)
+{
     struct jptr p;
     *out = NULL;
     switch (c->kind) {
     case SK_FILE_STORAGE_BACKEND:
-        return blk_file_open(c, out, errs);
+        return blk_file_open(c, flags, out, errs);
     case SK_BLOB_STORAGE_BACKEND:
         return blk_blob_open(c, out, errs);
     case SK_NBD_STORAGE_BACKEND:

@@ -2,32 +2,107 @@
 #include "backends/set.h"
 
 #include <errno.h>
+#include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "backends/backends.h"
+
 struct set_entry {
+    struct blk_backend pub; /* the proxy devices hold; first member */
     struct backend_set *set;
-    char *key;
-    struct blk_backend *b;
+    struct spec_component comp; /* a copy, to open again */
+    _Atomic(struct blk_backend *) inner;
+    uint8_t *blob; /* contents to load at activation */
+    size_t blob_len;
 };
 
 struct backend_set {
-    void (*event)(void *ctx, const char *key, enum blk_event ev, const char *detail);
+    backend_event_fn event;
     void *ctx;
     size_t n;
     struct set_entry *e;
 };
 
+static void proxy_submit(struct blk_backend *b, struct blk_req *req)
+{
+    struct set_entry *e = (struct set_entry *)b;
+    struct blk_backend *in = atomic_load(&e->inner);
+    if (in)
+        blk_submit(in, req);
+    else
+        req->done(req, -EIO);
+}
+
+static void proxy_drain(struct blk_backend *b)
+{
+    struct set_entry *e = (struct set_entry *)b;
+    struct blk_backend *in = atomic_load(&e->inner);
+    if (in)
+        blk_drain(in);
+}
+
+static void proxy_close(struct blk_backend *b)
+{
+    (void)b; /* the set owns the backend */
+}
+
+static const struct blk_backend_ops proxy_ops = {
+    .submit = proxy_submit, .drain = proxy_drain, .close = proxy_close};
+
 static void on_event(void *ctx, enum blk_event ev, const char *detail)
 {
     struct set_entry *e = ctx;
     if (e->set->event)
-        e->set->event(e->set->ctx, e->key, ev, detail);
+        e->set->event(e->set->ctx, e->comp.key, ev, detail);
 }
 
-int backend_set_open(const struct instance_spec *spec,
-                     void (*event)(void *ctx, const char *key, enum blk_event ev,
-                                   const char *detail),
+static void comp_ptr(char out[CELLA_ERR_POINTER_MAX], const struct set_entry *e)
+{
+    snprintf(out, CELLA_ERR_POINTER_MAX, "/components/%s", e->comp.key);
+}
+
+/* Opens e's backend for I/O; checks it against what devices were told. */
+static int open_entry(struct set_entry *e, bool check, struct cella_errors *errs)
+{
+    struct blk_backend *b = NULL;
+    int r = blk_open(&e->comp, &b, errs);
+    if (r < 0)
+        return r;
+    const struct blk_info *a = &e->pub.info, *n = &b->info;
+    if (check &&
+        (a->size != n->size || a->block_size != n->block_size || a->readonly != n->readonly ||
+         a->can_discard != n->can_discard || a->can_write_zeroes != n->can_write_zeroes)) {
+        char ptr[CELLA_ERR_POINTER_MAX];
+        comp_ptr(ptr, e);
+        blk_close(b);
+        return cella_err(errs, -EINVAL, ptr,
+                         "the backend now has %llu bytes in %u-byte blocks%s; the disk was "
+                         "built for %llu bytes in %u-byte blocks%s",
+                         (unsigned long long)n->size, n->block_size,
+                         n->readonly ? ", read-only" : "", (unsigned long long)a->size,
+                         a->block_size, a->readonly ? ", read-only" : "");
+    }
+    if (e->blob) {
+        if (blk_blob_set_contents(b, e->blob, e->blob_len) < 0) {
+            char ptr[CELLA_ERR_POINTER_MAX];
+            comp_ptr(ptr, e);
+            blk_close(b);
+            return cella_err(errs, -EINVAL, ptr, "the blob contents have the wrong size");
+        }
+        free(e->blob);
+        e->blob = NULL;
+        e->blob_len = 0;
+    }
+    e->pub.info = b->info;
+    b->event_cb = on_event;
+    b->event_ctx = e;
+    atomic_store(&e->inner, b);
+    return 0;
+}
+
+int backend_set_open(const struct instance_spec *spec, unsigned flags, backend_event_fn event,
                      void *ctx, struct backend_set **out, struct cella_errors *errs)
 {
     *out = NULL;
@@ -48,19 +123,26 @@ int backend_set_open(const struct instance_spec *spec,
             continue;
         struct set_entry *e = &s->e[s->n];
         e->set = s;
-        int rc = blk_open(c, &e->b, errs);
-        if (rc < 0) {
-            r = r ? r : rc;
-            continue;
-        }
-        if (!(e->key = strdup(c->key))) {
-            blk_close(e->b);
+        e->pub.ops = &proxy_ops;
+        if (spec_component_copy(&e->comp, c) < 0) {
             r = cella_err(errs, -ENOMEM, "", "out of memory");
             continue;
         }
-        e->b->event_cb = on_event;
-        e->b->event_ctx = e;
         s->n++;
+        int rc;
+        if (flags & BACKEND_SET_DEFER) {
+            /* Probe: learn what the devices need without taking the image. */
+            struct blk_backend *b = NULL;
+            rc = blk_open_ex(c, BLK_OPEN_NOLOCK, &b, errs);
+            if (rc == 0) {
+                e->pub.info = b->info;
+                blk_close(b);
+            }
+        } else {
+            rc = open_entry(e, false, errs);
+        }
+        if (rc < 0)
+            r = r ? r : rc;
     }
     if (r < 0) {
         backend_set_close(s);
@@ -73,10 +155,95 @@ int backend_set_open(const struct instance_spec *spec,
 struct blk_backend *backend_set_blk(const struct backend_set *s, const char *key)
 {
     for (size_t i = 0; s && key && i < s->n; i++) {
-        if (strcmp(s->e[i].key, key) == 0)
-            return s->e[i].b;
+        if (strcmp(s->e[i].comp.key, key) == 0)
+            return &s->e[i].pub;
     }
     return NULL;
+}
+
+int backend_set_activate(struct backend_set *s, struct cella_errors *errs)
+{
+    int r = 0;
+    size_t i;
+    bool *opened = calloc(s->n ? s->n : 1, sizeof(*opened));
+    if (!opened)
+        return cella_err(errs, -ENOMEM, "", "out of memory");
+    for (i = 0; i < s->n && r == 0; i++) {
+        if (atomic_load(&s->e[i].inner))
+            continue;
+        r = open_entry(&s->e[i], true, errs);
+        opened[i] = r == 0;
+    }
+    if (r < 0) {
+        for (i = 0; i < s->n; i++) {
+            if (opened[i])
+                blk_close(atomic_exchange(&s->e[i].inner, NULL));
+        }
+    }
+    free(opened);
+    return r;
+}
+
+void backend_set_release(struct backend_set *s)
+{
+    for (size_t i = 0; s && i < s->n; i++) {
+        struct set_entry *e = &s->e[i];
+        struct blk_backend *b = atomic_load(&e->inner);
+        if (!b)
+            continue;
+        blk_drain(b);
+        const uint8_t *data;
+        size_t len;
+        if (blk_blob_contents(b, &data, &len) == 0 && !e->blob) {
+            /* A blob lives in memory: keep what the guest wrote. */
+            e->blob = malloc(len ? len : 1);
+            if (e->blob) {
+                memcpy(e->blob, data, len);
+                e->blob_len = len;
+            }
+        }
+        atomic_store(&e->inner, NULL);
+        blk_close(b);
+    }
+}
+
+int backend_set_blob_contents(struct backend_set *s, const char *key, const uint8_t *data,
+                              size_t len)
+{
+    struct set_entry *e = (struct set_entry *)backend_set_blk(s, key);
+    if (!e || e->comp.kind != SK_BLOB_STORAGE_BACKEND || len != e->pub.info.size)
+        return -EINVAL;
+    uint8_t *copy = malloc(len ? len : 1);
+    if (!copy)
+        return -ENOMEM;
+    memcpy(copy, data, len);
+    free(e->blob);
+    e->blob = copy;
+    e->blob_len = len;
+    return 0;
+}
+
+int backend_set_foreach_blob(struct backend_set *s,
+                             int (*emit)(void *ectx, const char *key, const uint8_t *data,
+                                         size_t len),
+                             void *ectx)
+{
+    for (size_t i = 0; s && i < s->n; i++) {
+        struct set_entry *e = &s->e[i];
+        struct blk_backend *b = atomic_load(&e->inner);
+        const uint8_t *data;
+        size_t len;
+        if (b && blk_blob_contents(b, &data, &len) == 0) {
+            int r = emit(ectx, e->comp.key, data, len);
+            if (r < 0)
+                return r;
+        } else if (!b && e->blob) {
+            int r = emit(ectx, e->comp.key, e->blob, e->blob_len);
+            if (r < 0)
+                return r;
+        }
+    }
+    return 0;
 }
 
 void backend_set_close(struct backend_set *s)
@@ -84,8 +251,9 @@ void backend_set_close(struct backend_set *s)
     if (!s)
         return;
     for (size_t i = 0; i < s->n; i++) {
-        blk_close(s->e[i].b);
-        free(s->e[i].key);
+        blk_close(atomic_exchange(&s->e[i].inner, NULL));
+        spec_component_free(&s->e[i].comp);
+        free(s->e[i].blob);
     }
     free(s->e);
     free(s);

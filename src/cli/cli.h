@@ -73,6 +73,13 @@ extern const struct cli_command cli_spec_commands[];
 extern const struct cli_command cli_server_commands[];
 extern const struct cli_command cli_spec_server_commands[];
 
+/* `cella migrate` (cmd_migrate.c), an entry of cli_server_commands. */
+int cli_cmd_migrate(const struct cli_command *cmd, const struct cli_args *args);
+extern const struct cli_option cli_migrate_options[];
+
+/* A random (version 4) UUID. 0 or -errno. */
+int cli_new_uuid(char out[37]);
+
 /* `cella serial` (cmd_serial.c), an entry of cli_server_commands. */
 int cli_cmd_serial(const struct cli_command *cmd, const struct cli_args *args);
 extern const struct cli_option cli_serial_options[];

@@ -63,7 +63,7 @@ static void print_field(const char *label, const char *value)
 
 enum { NEW_SPEC, NEW_CONFIG, NEW_ID, NEW_DESCRIPTION };
 
-static int new_uuid(char out[37])
+int cli_new_uuid(char out[37])
 {
     uint8_t b[16];
     size_t done = 0;
@@ -142,7 +142,7 @@ static int cmd_new(const struct cli_command *cmd, const struct cli_args *a)
             return CLI_USAGE;
         }
         snprintf(id, sizeof(id), "%s", a->value[NEW_ID]);
-    } else if (new_uuid(id) < 0) {
+    } else if (cli_new_uuid(id) < 0) {
         cli_error("cannot generate an instance id: %s", strerror(errno));
         return CLI_INVALID;
     }
@@ -546,6 +546,27 @@ const struct cli_command cli_server_commands[] = {
         .max_args = 0,
         .options = monitor_options,
         .run = cmd_monitor,
+    },
+    {
+        .name = "migrate",
+        .operands = "[KEY=FILE...]",
+        .summary = "Move the running instance to another server (live migration)",
+        .help = "Sends the --to server a MigrationTarget ensure for the --from server's\n"
+                "instance (its properties, a new migration id, and replace_components\n"
+                "from each KEY=FILE: a ReplacementComponent JSON file for backend KEY, as\n"
+                "operands or with --replace), then follows both servers'\n"
+                "migration-status until the target runs the guest or the migration\n"
+                "failed, and prints the source's report: blackout time, pre-copy passes\n"
+                "and per phase the time, bytes, pages and passes. --downtime-ms sets the\n"
+                "source's downtime budget first (a cella extension).\n"
+                "\n"
+                "Exit status: 0 migrated, 1 the migration failed (the instance runs on\n"
+                "at the source) or a server said no, 2 usage error, 3 a server cannot be\n"
+                "reached.\n",
+        .min_args = 0,
+        .max_args = 16,
+        .options = cli_migrate_options,
+        .run = cli_cmd_migrate,
     },
     {
         .name = "nmi",

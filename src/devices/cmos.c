@@ -410,3 +410,33 @@ int cmos_restore(struct cmos *c, const struct cmos_state *s)
     pthread_mutex_unlock(&c->lock);
     return 0;
 }
+
+/* ---- migration payload ---- */
+
+int cmos_mig_save(const struct cmos *c, struct mig_out *o)
+{
+    struct cmos_state s;
+    cmos_save((struct cmos *)c, &s); /* takes the lock; changes nothing */
+    mig_put_bytes(o, s.ram, sizeof(s.ram));
+    mig_put_u8(o, s.index);
+    mig_put_u8(o, s.nmi_masked);
+    mig_put_u64(o, (uint64_t)s.offset_s);
+    return mig_out_ok(o) ? 0 : -ENOMEM;
+}
+
+int cmos_mig_load(struct cmos *c, struct mig_in *in, uint32_t version)
+{
+    if (version != CMOS_STATE_VERSION)
+        return -EPROTO;
+    struct cmos_state s;
+    memset(&s, 0, sizeof(s));
+    mig_get_bytes(in, s.ram, sizeof(s.ram));
+    s.index = mig_get_u8(in);
+    s.nmi_masked = mig_get_u8(in);
+    s.offset_s = (int64_t)mig_get_u64(in);
+    if (!mig_in_done(in) || cmos_restore(c, &s) < 0) {
+        mig_in_fail(in);
+        return -EINVAL;
+    }
+    return 0;
+}

@@ -23,6 +23,7 @@
 #ifndef CELLA_DEVICES_CMOS_H
 #define CELLA_DEVICES_CMOS_H
 
+#include "common/mig_buf.h"
 #include "devices/io.h"
 
 #include <pthread.h>
@@ -122,6 +123,16 @@ void cmos_save(struct cmos *c, struct cmos_state *s);
  * -EINVAL.
  */
 int cmos_restore(struct cmos *c, const struct cmos_state *s);
+
+/*
+ * Live migration payload (CMOS_STATE_VERSION): the 128 bytes, the index,
+ * the NMI mask and the guest clock's offset from host UTC in seconds, so
+ * on a target whose wall clock agrees the guest's time simply continues.
+ * cmos_mig_load validates like cmos_restore and needs the whole input:
+ * -EPROTO for another version, -EINVAL for bad data (c unchanged).
+ */
+int cmos_mig_save(const struct cmos *c, struct mig_out *o);
+int cmos_mig_load(struct cmos *c, struct mig_in *in, uint32_t version);
 
 /*
  * Ports 0x70-0x71 (opaque = struct cmos *). Offset 0 write: index and NMI

@@ -399,6 +399,7 @@ static uint32_t dma_read(struct fw_cfg *fw, uint64_t address, uint32_t length)
     if (n)
         memcpy(p, fw->cur->data + fw->offset, n);
     memset(p + n, 0, length - n); /* past the end reads as zeros */
+    guest_mem_dirty(fw->mem, address, length);
     fw->offset += n;
     return 0;
 }
@@ -438,7 +439,8 @@ static void dma_finish(struct fw_cfg *fw, uint64_t desc, uint32_t control)
 {
     uint8_t be[4];
     put_be32(be, control);
-    (void)guest_mem_write(fw->mem, desc, be, sizeof(be));
+    if (guest_mem_write(fw->mem, desc, be, sizeof(be)) == 0)
+        guest_mem_dirty(fw->mem, desc, sizeof(be));
 }
 
 /* Runs the descriptor at guest address desc. Under lock, vCPU thread. */
@@ -838,5 +840,80 @@ int fw_cfg_add_bootorder(struct fw_cfg *fw, const struct fw_cfg_boot_dev *devs, 
     }
     rc = fw_cfg_add_file(fw, "bootorder", buf, pos);
     free(buf);
+    return rc;
+}
+
+/* ---- migration ---------------------------------------------------------- */
+
+int fw_cfg_save(const struct fw_cfg *cfw, struct mig_out *o)
+{
+    struct fw_cfg *fw = (struct fw_cfg *)cfw; /* for the lock only */
+    pthread_mutex_lock(&fw->lock);
+    mig_put_u16(o, fw->selector);
+    mig_put_u32(o, fw->offset);
+    mig_put_u64(o, fw->dma_addr);
+    uint16_t nw = 0;
+    for (size_t i = 0; i < fw->nfiles; i++)
+        nw += fw->files[i].item.writable;
+    mig_put_u16(o, nw);
+    for (size_t i = 0; i < fw->nfiles; i++) {
+        const struct fw_cfg_file *f = &fw->files[i];
+        if (!f->item.writable)
+            continue;
+        mig_put_blob(o, f->name, strlen(f->name));
+        mig_put_blob(o, f->item.data, f->item.len);
+    }
+    pthread_mutex_unlock(&fw->lock);
+    return mig_out_ok(o) ? 0 : -ENOMEM;
+}
+
+/* Checks the writable files against ours; data[i] points into the input. */
+static bool load_files(struct fw_cfg *fw, struct mig_in *in, const uint8_t **data)
+{
+    uint16_t nw = mig_get_u16(in);
+    size_t k = 0;
+    for (size_t i = 0; i < fw->nfiles && mig_in_ok(in); i++) {
+        const struct fw_cfg_file *f = &fw->files[i];
+        if (!f->item.writable)
+            continue;
+        size_t nlen, dlen;
+        const uint8_t *name = mig_get_blob(in, FW_CFG_MAX_NAME, &nlen);
+        data[i] = mig_get_blob(in, FW_CFG_MAX_ITEM_LEN, &dlen);
+        if (!name || nlen != strlen(f->name) || memcmp(name, f->name, nlen) != 0 ||
+            dlen != f->item.len || (dlen && !data[i]))
+            return false;
+        k++;
+    }
+    return mig_in_ok(in) && k == nw;
+}
+
+int fw_cfg_load(struct fw_cfg *fw, struct mig_in *in, uint32_t version)
+{
+    if (version != FW_CFG_STATE_VERSION)
+        return -EPROTO;
+    uint16_t selector = mig_get_u16(in);
+    uint32_t offset = mig_get_u32(in);
+    uint64_t dma_addr = mig_get_u64(in);
+    pthread_mutex_lock(&fw->lock);
+    const uint8_t **data = calloc(fw->nfiles ? fw->nfiles : 1, sizeof(*data));
+    bool ok = data && load_files(fw, in, data) && mig_in_done(in);
+    const struct fw_cfg_item *cur = resolve(fw, selector);
+    ok &= cur ? offset <= cur->len : offset == 0;
+    if (ok) {
+        for (size_t i = 0; i < fw->nfiles; i++) {
+            struct fw_cfg_item *it = &fw->files[i].item;
+            if (it->writable && it->len)
+                memcpy(it->data, data[i], it->len);
+        }
+        fw->selector = selector;
+        fw->cur = cur;
+        fw->offset = offset;
+        fw->dma_addr = dma_addr;
+    }
+    pthread_mutex_unlock(&fw->lock);
+    int rc = ok ? 0 : data ? -EINVAL : -ENOMEM;
+    free(data);
+    if (rc < 0)
+        mig_in_fail(in);
     return rc;
 }

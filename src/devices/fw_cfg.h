@@ -61,6 +61,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/mig_buf.h"
 #include "devices/io.h"
 #include "machine/guest_mem.h"
 
@@ -182,6 +183,19 @@ void fw_cfg_destroy(struct fw_cfg *fw);
  * while paused.
  */
 void fw_cfg_reset(struct fw_cfg *fw);
+
+/*
+ * Live migration (FW_CFG_STATE_VERSION): selector, offset and DMA address
+ * register, plus the contents of every guest-writable file (by name, in
+ * directory order), since firmware may have written them. The target was
+ * built from the same spec, so it has the same files: fw_cfg_load refuses
+ * (-EINVAL) other writable files or sizes, an offset past the selected
+ * item's end, and anything left unread; -EPROTO for another version.
+ * State driver, vCPUs paused.
+ */
+#define FW_CFG_STATE_VERSION 1
+int fw_cfg_save(const struct fw_cfg *fw, struct mig_out *o);
+int fw_cfg_load(struct fw_cfg *fw, struct mig_in *in, uint32_t version);
 
 /*
  * Adds numbered item `key` with a copy of data[0..len) (data may be NULL

@@ -274,3 +274,64 @@ void msix_notify(struct msix *x, unsigned v)
         pending_set(x, v, true);
     pthread_mutex_unlock(&x->lock);
 }
+
+/* ---- migration ---- */
+
+void msix_save(const struct msix *cx, struct mig_out *o)
+{
+    struct msix *x = (struct msix *)cx; /* for the lock only */
+    pthread_mutex_lock(&x->lock);
+    mig_put_u16(o, x->nvec);
+    mig_put_bool(o, x->enabled);
+    mig_put_bool(o, x->fmasked);
+    for (unsigned v = 0; v < x->nvec; v++) {
+        mig_put_u32(o, x->table[v].addr_lo);
+        mig_put_u32(o, x->table[v].addr_hi);
+        mig_put_u32(o, x->table[v].data);
+        mig_put_u32(o, x->table[v].ctrl);
+    }
+    for (unsigned w = 0; w < (x->nvec + 63u) / 64u; w++)
+        mig_put_u64(o, x->pending[w]);
+    pthread_mutex_unlock(&x->lock);
+}
+
+int msix_load(struct msix *x, struct mig_in *in)
+{
+    struct msix t;
+    memset(&t, 0, sizeof(t));
+    t.nvec = mig_get_u16(in);
+    if (!mig_in_ok(in) || t.nvec != x->nvec) {
+        mig_in_fail(in);
+        return -EINVAL;
+    }
+    t.enabled = mig_get_bool(in);
+    t.fmasked = mig_get_bool(in);
+    bool ok = true;
+    for (unsigned v = 0; v < t.nvec; v++) {
+        struct msix_entry *e = &t.table[v];
+        e->addr_lo = mig_get_u32(in);
+        e->addr_hi = mig_get_u32(in);
+        e->data = mig_get_u32(in);
+        e->ctrl = mig_get_u32(in);
+        ok &= !(e->addr_lo & 3u) && !(e->ctrl & ~MSIX_CTRL_MASKED);
+    }
+    for (unsigned v = t.nvec; v < MSIX_MAX_VECTORS; v++)
+        t.table[v].ctrl = MSIX_CTRL_MASKED;
+    for (unsigned w = 0; w < (t.nvec + 63u) / 64u; w++)
+        t.pending[w] = mig_get_u64(in);
+    if (t.nvec % 64)
+        ok &= !(t.pending[t.nvec / 64] >> (t.nvec % 64));
+    for (unsigned v = 0; ok && v < t.nvec; v++)
+        ok = !(pending_get(&t, v) && can_fire(&t, v));
+    if (!ok || !mig_in_ok(in)) {
+        mig_in_fail(in);
+        return -EINVAL;
+    }
+    pthread_mutex_lock(&x->lock);
+    x->enabled = t.enabled;
+    x->fmasked = t.fmasked;
+    memcpy(x->table, t.table, sizeof(x->table));
+    memcpy(x->pending, t.pending, sizeof(x->pending));
+    pthread_mutex_unlock(&x->lock);
+    return 0;
+}

@@ -26,13 +26,14 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "common/mig_buf.h"
 #include "devices/io.h"
 #include "devices/pci.h"
 
-#define MSIX_MAX_VECTORS  128u
-#define MSIX_ENTRY_SIZE   16u
-#define MSIX_NO_VECTOR    0xffffu /* virtio's "no vector" */
-#define PCI_CAP_ID_MSIX   0x11
+#define MSIX_MAX_VECTORS 128u
+#define MSIX_ENTRY_SIZE  16u
+#define MSIX_NO_VECTOR   0xffffu /* virtio's "no vector" */
+#define PCI_CAP_ID_MSIX  0x11
 
 struct msix_entry {
     uint32_t addr_lo, addr_hi, data, ctrl; /* ctrl bit 0: vector masked */
@@ -63,8 +64,14 @@ int msix_init(struct msix *x, struct pci_func *f, unsigned nvec, unsigned bar, u
 void msix_destroy(struct msix *x);
 
 /* Bytes the table and PBA occupy, for sizing the BAR. */
-static inline uint32_t msix_table_size(unsigned nvec) { return nvec * MSIX_ENTRY_SIZE; }
-static inline uint32_t msix_pba_size(unsigned nvec) { return ((nvec + 63u) / 64u) * 8u; }
+static inline uint32_t msix_table_size(unsigned nvec)
+{
+    return nvec * MSIX_ENTRY_SIZE;
+}
+static inline uint32_t msix_pba_size(unsigned nvec)
+{
+    return ((nvec + 63u) / 64u) * 8u;
+}
 
 /* BAR accesses; `off` is relative to the table (or PBA) start. size 4 or 8. */
 uint64_t msix_table_read(struct msix *x, uint64_t off, unsigned size);
@@ -79,5 +86,17 @@ void msix_notify(struct msix *x, unsigned v);
 
 /* Back to power-on state (disabled, all masked, nothing pending). */
 void msix_reset(struct msix *x);
+
+/*
+ * Migration: Message Control (enable, function mask), the vector table
+ * and the pending bits, as a section of the owning device's payload (the
+ * device's version covers it). msix_load reads it into an MSI-X of the
+ * same vector count: -EINVAL (reader failed) for another count, reserved
+ * bits set, a pending bit beyond nvec, or a vector pending although it
+ * could fire (a state the device never reaches). Nothing is delivered by
+ * the load. Any thread; the device quiesced.
+ */
+void msix_save(const struct msix *x, struct mig_out *o);
+int msix_load(struct msix *x, struct mig_in *in);
 
 #endif

@@ -9,6 +9,7 @@
 #include <sys/uio.h>
 
 #include "common/le.h"
+#include "devices/dma_dirty.h"
 
 /*
  * Written from the NVM Express Base Specification 1.4. Section numbers
@@ -121,6 +122,7 @@ struct nvme_cq {
     bool ien;
     uint32_t size;
     uint8_t *ring;
+    uint64_t gpa; /* of the ring: dirty marks, migration */
     unsigned nsq; /* SQs posting here (lock) */
     /* cq_lock: */
     uint32_t head, tail, reserved;
@@ -132,6 +134,7 @@ struct nvme_sq {
     uint16_t qid;
     uint32_t size;
     uint8_t *ring;
+    uint64_t gpa; /* of the ring: migration */
     struct nvme_cq *cq;
     uint32_t tail;
     _Atomic uint32_t head; /* read by completions on other threads */
@@ -194,7 +197,7 @@ static bool cq_has_room(const struct nvme_cq *cq)
  * enabled CQ holds unconsumed entries, MSI-X is off and INTMS bit 0 (the
  * only pin-based vector) is clear. cq_lock held.
  */
-static void intx_update(struct nvme_disk *n)
+static bool intx_wanted(struct nvme_disk *n)
 {
     bool level = false;
     if (!(n->intms & 1u) && !msix_enabled(&n->msix)) {
@@ -203,6 +206,12 @@ static void intx_update(struct nvme_disk *n)
             level = cq && cq->ien && cq->head != cq->tail;
         }
     }
+    return level;
+}
+
+static void intx_update(struct nvme_disk *n)
+{
+    bool level = intx_wanted(n);
     if (level != n->intx_level) {
         n->intx_level = level;
         pci_set_irq(&n->func, level);
@@ -210,8 +219,8 @@ static void intx_update(struct nvme_disk *n)
 }
 
 /* Writes one entry at the tail, phase tag last. cq_lock held, room checked. */
-static void cq_write(struct nvme_cq *cq, uint16_t sqid, uint32_t sqhd, uint16_t cid,
-                     uint16_t status, uint32_t dw0)
+static void cq_write(struct nvme_disk *n, struct nvme_cq *cq, uint16_t sqid, uint32_t sqhd,
+                     uint16_t cid, uint16_t status, uint32_t dw0)
 {
     uint8_t *e = cq->ring + (size_t)cq->tail * NVME_CQE_SIZE;
     put32(e, dw0);
@@ -224,6 +233,7 @@ static void cq_write(struct nvme_cq *cq, uint16_t sqid, uint32_t sqhd, uint16_t 
     memcpy(&raw, le, 4);
     /* The guest polls the phase bit: the rest of the entry must be visible first. */
     __atomic_store_n((uint32_t *)(void *)(e + 12), raw, __ATOMIC_RELEASE);
+    guest_mem_dirty(n->mem, cq->gpa + (uint64_t)cq->tail * NVME_CQE_SIZE, NVME_CQE_SIZE);
     if (++cq->tail == cq->size) {
         cq->tail = 0;
         cq->phase = !cq->phase;
@@ -247,7 +257,7 @@ static void complete(struct nvme_disk *n, struct nvme_sq *sq, uint16_t cid, uint
     struct nvme_cq *cq = sq->cq;
     pthread_mutex_lock(&n->cq_lock);
     cq->reserved--;
-    cq_write(cq, sq->qid, atomic_load(&sq->head), cid, status, dw0);
+    cq_write(n, cq, sq->qid, atomic_load(&sq->head), cid, status, dw0);
     intx_update(n);
     bool ien = cq->ien;
     uint16_t vector = cq->vector;
@@ -277,7 +287,7 @@ static bool cq_reserve(struct nvme_disk *n, struct nvme_cq *cq)
 static void aer_try_complete(struct nvme_disk *n)
 {
     struct nvme_sq *asq = n->sq[0];
-    if (!asq || n->aen_error_masked || !n->aen_pending || !n->naer)
+    if (!asq || n->paused || n->aen_error_masked || !n->aen_pending || !n->naer)
         return;
     struct nvme_cq *cq = asq->cq;
     pthread_mutex_lock(&n->cq_lock);
@@ -290,7 +300,7 @@ static void aer_try_complete(struct nvme_disk *n)
     n->aen_error_masked = true;
     uint16_t cid = n->aer_cid[--n->naer];
     /* AET 0 (error status), the event, and the log page to read (error). */
-    cq_write(cq, 0, atomic_load(&asq->head), cid, ST_SUCCESS, aei << 8 | LOG_ERROR << 16);
+    cq_write(n, cq, 0, atomic_load(&asq->head), cid, ST_SUCCESS, aei << 8 | LOG_ERROR << 16);
     intx_update(n);
     bool ien = cq->ien;
     uint16_t vector = cq->vector;
@@ -416,6 +426,7 @@ static uint16_t dma_to_guest(struct nvme_disk *n, const struct nvme_cmd *c, cons
         s += k;
         len -= k;
     }
+    dma_dirty_iov(n->mem, iov, cnt, UINT64_MAX);
     return ST_SUCCESS;
 }
 
@@ -748,22 +759,30 @@ static void sq_install(struct nvme_disk *n, struct nvme_sq *sq)
     pthread_mutex_unlock(&n->cq_lock);
 }
 
-static struct nvme_cq *cq_new(uint16_t qid, uint32_t size, uint8_t *ring, bool ien, uint16_t vector)
+static struct nvme_cq *cq_new(uint16_t qid, uint32_t size, uint8_t *ring, uint64_t gpa, bool ien,
+                              uint16_t vector)
 {
     struct nvme_cq *cq = calloc(1, sizeof(*cq));
     if (cq)
-        *cq = (struct nvme_cq){
-            .qid = qid, .vector = vector, .ien = ien, .size = size, .ring = ring, .phase = true};
+        *cq = (struct nvme_cq){.qid = qid,
+                               .vector = vector,
+                               .ien = ien,
+                               .size = size,
+                               .ring = ring,
+                               .gpa = gpa,
+                               .phase = true};
     return cq;
 }
 
-static struct nvme_sq *sq_new(uint16_t qid, uint32_t size, uint8_t *ring, struct nvme_cq *cq)
+static struct nvme_sq *sq_new(uint16_t qid, uint32_t size, uint8_t *ring, uint64_t gpa,
+                              struct nvme_cq *cq)
 {
     struct nvme_sq *sq = calloc(1, sizeof(*sq));
     if (sq) {
         sq->qid = qid;
         sq->size = size;
         sq->ring = ring;
+        sq->gpa = gpa;
         sq->cq = cq;
         atomic_init(&sq->head, 0);
     }
@@ -788,7 +807,7 @@ static uint16_t admin_create_cq(struct nvme_disk *n, const struct nvme_cmd *c)
     uint8_t *ring = ring_map(n, c->prp1, (uint64_t)size * NVME_CQE_SIZE);
     if (!ring)
         return ST_INVALID_FIELD | ST_DNR;
-    struct nvme_cq *cq = cq_new(qid, size, ring, ien, iv);
+    struct nvme_cq *cq = cq_new(qid, size, ring, c->prp1, ien, iv);
     if (!cq)
         return ST_INTERNAL_ERROR;
     cq_install(n, cq);
@@ -812,7 +831,7 @@ static uint16_t admin_create_sq(struct nvme_disk *n, const struct nvme_cmd *c)
     uint8_t *ring = ring_map(n, c->prp1, (uint64_t)size * NVME_SQE_SIZE);
     if (!ring)
         return ST_INVALID_FIELD | ST_DNR;
-    struct nvme_sq *sq = sq_new(qid, size, ring, n->cq[cqid]);
+    struct nvme_sq *sq = sq_new(qid, size, ring, c->prp1, n->cq[cqid]);
     if (!sq)
         return ST_INTERNAL_ERROR;
     sq_install(n, sq);
@@ -977,6 +996,8 @@ static void io_put(struct nvme_io *io)
         atomic_fetch_add(&n->writes, 1);
         atomic_fetch_add(&n->blocks_written, io->nblocks);
     }
+    if (io->opc == NVM_READ) /* even a failed read may have written some */
+        dma_dirty_iov(n->mem, io->one.iov, io->one.iovcnt, UINT64_MAX);
     struct nvme_sq *sq = io->sq;
     uint16_t cid = io->cid, st = io_status(io, err);
     if (io->reqs != &io->one)
@@ -1173,7 +1194,7 @@ static void io_cmd(struct nvme_disk *n, struct nvme_sq *sq, const struct nvme_cm
  */
 static void sq_process(struct nvme_disk *n, struct nvme_sq *sq)
 {
-    if (!pci_func_bus_master(&n->func))
+    if (!pci_func_bus_master(&n->func) || n->paused)
         return;
     for (uint32_t budget = sq->size; budget; budget--) {
         uint32_t head = atomic_load(&sq->head);
@@ -1230,8 +1251,8 @@ static void ctrl_enable(struct nvme_disk *n)
     uint8_t *cring = ring_map(n, n->acq, (uint64_t)acqs * NVME_CQE_SIZE);
     bool ok = asqs >= 2 && acqs >= 2 && sring && cring && ((n->cc >> 4) & 7) == 0 /* CSS NVM */
               && ((n->cc >> 7) & 0xf) == 0 /* MPS 4 KiB */ && ((n->cc >> 11) & 7) == 0 /* AMS */;
-    struct nvme_cq *cq = ok ? cq_new(0, acqs, cring, true, 0) : NULL;
-    struct nvme_sq *sq = cq ? sq_new(0, asqs, sring, cq) : NULL;
+    struct nvme_cq *cq = ok ? cq_new(0, acqs, cring, n->acq, true, 0) : NULL;
+    struct nvme_sq *sq = cq ? sq_new(0, asqs, sring, n->asq, cq) : NULL;
     if (!sq) {
         free(cq);
         guest_error(n->name, "enable with bad CC 0x%x / AQA 0x%x / ASQ 0x%llx / ACQ 0x%llx", n->cc,
@@ -1518,4 +1539,327 @@ void nvme_destroy(struct nvme_disk *n)
     pthread_mutex_destroy(&n->cq_lock);
     pthread_mutex_destroy(&n->lock);
     n->mem = NULL;
+}
+
+/* ---- live migration ---- */
+
+#define ADMIN_MAX_ENTRIES 4096u /* AQA's 12-bit sizes */
+
+void nvme_quiesce(struct nvme_disk *n)
+{
+    pthread_mutex_lock(&n->lock);
+    n->paused = true;
+    drain(n);
+    pthread_mutex_unlock(&n->lock);
+}
+
+void nvme_resume(struct nvme_disk *n)
+{
+    pthread_mutex_lock(&n->lock);
+    n->paused = false;
+    for (unsigned q = 0; q <= NVME_MAX_IO_QUEUES && (n->csts & NVME_CSTS_RDY); q++) {
+        if (n->sq[q])
+            sq_process(n, n->sq[q]);
+    }
+    aer_try_complete(n);
+    pthread_mutex_unlock(&n->lock);
+}
+
+static void save_queues(const struct nvme_disk *n, struct mig_out *o)
+{
+    uint8_t ncq = 0, nsq = 0;
+    for (unsigned q = 0; q <= NVME_MAX_IO_QUEUES; q++) {
+        ncq += n->cq[q] != NULL;
+        nsq += n->sq[q] != NULL;
+    }
+    mig_put_u8(o, ncq);
+    for (unsigned q = 0; q <= NVME_MAX_IO_QUEUES; q++) {
+        const struct nvme_cq *cq = n->cq[q];
+        if (!cq)
+            continue;
+        mig_put_u16(o, cq->qid);
+        mig_put_u64(o, cq->gpa);
+        mig_put_u32(o, cq->size);
+        mig_put_u32(o, cq->head);
+        mig_put_u32(o, cq->tail);
+        mig_put_bool(o, cq->phase);
+        mig_put_bool(o, cq->ien);
+        mig_put_u16(o, cq->vector);
+    }
+    mig_put_u8(o, nsq);
+    for (unsigned q = 0; q <= NVME_MAX_IO_QUEUES; q++) {
+        const struct nvme_sq *sq = n->sq[q];
+        if (!sq)
+            continue;
+        mig_put_u16(o, sq->qid);
+        mig_put_u64(o, sq->gpa);
+        mig_put_u32(o, sq->size);
+        mig_put_u32(o, atomic_load(&sq->head));
+        mig_put_u32(o, sq->tail);
+        mig_put_u16(o, sq->cq->qid);
+    }
+}
+
+int nvme_save(const struct nvme_disk *cn, struct mig_out *o)
+{
+    struct nvme_disk *n = (struct nvme_disk *)cn; /* for the locks only */
+    int rc = 0;
+    pthread_mutex_lock(&n->lock);
+    pthread_mutex_lock(&n->cq_lock);
+    bool busy = !n->paused || n->io_inflight;
+    for (unsigned q = 0; q <= NVME_MAX_IO_QUEUES; q++)
+        busy |= n->cq[q] && n->cq[q]->reserved;
+    if (busy) {
+        rc = -EBUSY;
+        goto out;
+    }
+    mig_put_u32(o, n->cc);
+    mig_put_u32(o, n->csts);
+    mig_put_u32(o, n->aqa);
+    mig_put_u64(o, n->asq);
+    mig_put_u64(o, n->acq);
+    mig_put_u32(o, n->intms);
+    save_queues(n, o);
+    mig_put_u32(o, n->feat_arbitration);
+    mig_put_u32(o, n->feat_temp_thresh);
+    mig_put_u32(o, n->feat_err_recovery);
+    mig_put_u32(o, n->feat_irq_coalesce);
+    mig_put_u32(o, n->feat_async_cfg);
+    mig_put_u32(o, n->feat_wan);
+    for (unsigned v = 0; v < NVME_MSIX_VECTORS; v++)
+        mig_put_u8(o, (uint8_t)n->feat_irq_cfg[v]);
+    mig_put_bool(o, atomic_load(&n->wce));
+    mig_put_u8(o, (uint8_t)n->naer);
+    for (unsigned i = 0; i < n->naer; i++)
+        mig_put_u16(o, n->aer_cid[i]);
+    mig_put_u32(o, n->aen_pending);
+    mig_put_bool(o, n->aen_error_masked);
+    mig_put_u64(o, atomic_load(&n->blocks_read));
+    mig_put_u64(o, atomic_load(&n->blocks_written));
+    mig_put_u64(o, atomic_load(&n->reads));
+    mig_put_u64(o, atomic_load(&n->writes));
+    msix_save(&n->msix, o);
+    mig_put_u64(o, n->nsze);
+    mig_put_u32(o, n->lba_shift);
+    if (!mig_out_ok(o))
+        rc = -ENOMEM;
+out:
+    pthread_mutex_unlock(&n->cq_lock);
+    pthread_mutex_unlock(&n->lock);
+    return rc;
+}
+
+/* Queues read by nvme_load, installed only once everything checked out. */
+struct nvme_staged {
+    struct nvme_cq *cq[NVME_MAX_IO_QUEUES + 1];
+    struct nvme_sq *sq[NVME_MAX_IO_QUEUES + 1];
+};
+
+static void staged_free(struct nvme_staged *st)
+{
+    for (unsigned q = 0; q <= NVME_MAX_IO_QUEUES; q++) {
+        free(st->cq[q]);
+        free(st->sq[q]);
+    }
+    memset(st, 0, sizeof(*st));
+}
+
+static bool qsize_ok(uint16_t qid, uint32_t size)
+{
+    return size >= 2 && size <= (qid == 0 ? ADMIN_MAX_ENTRIES : NVME_MAX_QUEUE_ENTRIES);
+}
+
+static int load_cqs(struct nvme_disk *n, struct mig_in *in, struct nvme_staged *st)
+{
+    uint8_t count = mig_get_u8(in);
+    if (count > NVME_MAX_IO_QUEUES + 1)
+        return -EINVAL;
+    for (unsigned i = 0; i < count; i++) {
+        uint16_t qid = mig_get_u16(in);
+        uint64_t gpa = mig_get_u64(in);
+        uint32_t size = mig_get_u32(in), head = mig_get_u32(in), tail = mig_get_u32(in);
+        bool phase = mig_get_bool(in), ien = mig_get_bool(in);
+        uint16_t vector = mig_get_u16(in);
+        if (!mig_in_ok(in) || qid > NVME_MAX_IO_QUEUES || st->cq[qid] || !qsize_ok(qid, size) ||
+            head >= size || tail >= size || vector >= NVME_MSIX_VECTORS ||
+            (qid == 0 && (!ien || vector != 0)))
+            return -EINVAL;
+        uint8_t *ring = ring_map(n, gpa, (uint64_t)size * NVME_CQE_SIZE);
+        if (!ring)
+            return -EINVAL;
+        struct nvme_cq *cq = cq_new(qid, size, ring, gpa, ien, vector);
+        if (!cq)
+            return -ENOMEM;
+        cq->head = head;
+        cq->tail = tail;
+        cq->phase = phase;
+        st->cq[qid] = cq;
+    }
+    return 0;
+}
+
+static int load_sqs(struct nvme_disk *n, struct mig_in *in, struct nvme_staged *st)
+{
+    uint8_t count = mig_get_u8(in);
+    if (count > NVME_MAX_IO_QUEUES + 1)
+        return -EINVAL;
+    for (unsigned i = 0; i < count; i++) {
+        uint16_t qid = mig_get_u16(in);
+        uint64_t gpa = mig_get_u64(in);
+        uint32_t size = mig_get_u32(in), head = mig_get_u32(in), tail = mig_get_u32(in);
+        uint16_t cqid = mig_get_u16(in);
+        if (!mig_in_ok(in) || qid > NVME_MAX_IO_QUEUES || st->sq[qid] || !qsize_ok(qid, size) ||
+            head >= size || tail >= size || cqid > NVME_MAX_IO_QUEUES || !st->cq[cqid] ||
+            (qid == 0) != (cqid == 0))
+            return -EINVAL;
+        uint8_t *ring = ring_map(n, gpa, (uint64_t)size * NVME_SQE_SIZE);
+        if (!ring)
+            return -EINVAL;
+        struct nvme_sq *sq = sq_new(qid, size, ring, gpa, st->cq[cqid]);
+        if (!sq)
+            return -ENOMEM;
+        atomic_store(&sq->head, head);
+        sq->tail = tail;
+        st->sq[qid] = sq;
+    }
+    return 0;
+}
+
+/* CSTS as the controller can reach it with this CC and these queues. */
+static bool csts_ok(uint32_t cc, uint32_t csts, const struct nvme_staged *st)
+{
+    bool en = cc & NVME_CC_EN, rdy = csts & NVME_CSTS_RDY, cfs = csts & NVME_CSTS_CFS;
+    if ((csts & ~(NVME_CSTS_RDY | NVME_CSTS_CFS | NVME_CSTS_SHST_MASK)) ||
+        (csts & NVME_CSTS_SHST_MASK) == NVME_CSTS_SHST_MASK)
+        return false;
+    if ((rdy || cfs) != en || (rdy && cfs))
+        return false;
+    bool any = false;
+    for (unsigned q = 0; q <= NVME_MAX_IO_QUEUES; q++)
+        any |= st->cq[q] || st->sq[q];
+    return rdy ? st->cq[0] && st->sq[0] : !any;
+}
+
+/* Everything after the queues. lock held; applied only when valid. */
+static int load_rest(struct nvme_disk *n, struct mig_in *in, bool ready)
+{
+    uint32_t f[6];
+    uint8_t irq_cfg[NVME_MSIX_VECTORS];
+    uint16_t cids[NVME_AER_LIMIT];
+    for (unsigned i = 0; i < 6; i++)
+        f[i] = mig_get_u32(in);
+    bool ok = f[1] <= 0xffff && f[2] <= 0x1ffff && f[3] <= 0xffff && f[5] <= 1;
+    for (unsigned v = 0; v < NVME_MSIX_VECTORS; v++) {
+        irq_cfg[v] = mig_get_u8(in);
+        ok &= irq_cfg[v] <= 1;
+    }
+    bool wce = mig_get_bool(in);
+    ok &= !wce || n->blk->info.can_flush;
+    uint8_t naer = mig_get_u8(in);
+    ok &= naer <= NVME_AER_LIMIT && (ready || naer == 0);
+    for (unsigned i = 0; ok && i < naer; i++)
+        cids[i] = mig_get_u16(in);
+    uint32_t aen = mig_get_u32(in);
+    bool masked = mig_get_bool(in);
+    ok &= aen <= (1u << AEI_BAD_DB_REG | 1u << AEI_BAD_DB_VALUE) && (ready || (!aen && !masked));
+    uint64_t ctr[4];
+    for (unsigned i = 0; i < 4; i++)
+        ctr[i] = mig_get_u64(in);
+    if (!ok || !mig_in_ok(in))
+        return -EINVAL;
+    n->feat_arbitration = f[0];
+    n->feat_temp_thresh = f[1];
+    n->feat_err_recovery = f[2];
+    n->feat_irq_coalesce = f[3];
+    n->feat_async_cfg = f[4];
+    n->feat_wan = f[5];
+    for (unsigned v = 0; v < NVME_MSIX_VECTORS; v++)
+        n->feat_irq_cfg[v] = irq_cfg[v];
+    atomic_store(&n->wce, wce);
+    n->naer = naer;
+    memcpy(n->aer_cid, cids, naer * sizeof(cids[0]));
+    n->aen_pending = aen;
+    n->aen_error_masked = masked;
+    atomic_store(&n->blocks_read, ctr[0]);
+    atomic_store(&n->blocks_written, ctr[1]);
+    atomic_store(&n->reads, ctr[2]);
+    atomic_store(&n->writes, ctr[3]);
+    if (msix_load(&n->msix, in) < 0)
+        return -EINVAL;
+    uint64_t nsze = mig_get_u64(in);
+    uint32_t lba_shift = mig_get_u32(in);
+    if (!mig_in_done(in) || nsze != n->nsze || lba_shift != n->lba_shift)
+        return -EINVAL;
+    return 0;
+}
+
+/* Makes staged queues live. lock held; st is emptied. */
+static void install_queues(struct nvme_disk *n, struct nvme_staged *st)
+{
+    for (unsigned q = 0; q <= NVME_MAX_IO_QUEUES; q++) {
+        if (st->cq[q])
+            cq_install(n, st->cq[q]);
+    }
+    for (unsigned q = 0; q <= NVME_MAX_IO_QUEUES; q++) {
+        if (st->sq[q])
+            sq_install(n, st->sq[q]);
+    }
+    memset(st, 0, sizeof(*st));
+}
+
+/* Power-on state, quiesced. lock held. */
+static void load_reset(struct nvme_disk *n)
+{
+    ctrl_reset(n);
+    n->cc = n->aqa = 0;
+    n->asq = n->acq = 0;
+    atomic_store(&n->blocks_read, 0);
+    atomic_store(&n->blocks_written, 0);
+    atomic_store(&n->reads, 0);
+    atomic_store(&n->writes, 0);
+    msix_reset(&n->msix);
+    n->paused = true;
+}
+
+int nvme_load(struct nvme_disk *n, struct mig_in *in, uint32_t version)
+{
+    if (version != NVME_STATE_VERSION)
+        return -EPROTO;
+    struct nvme_staged st;
+    memset(&st, 0, sizeof(st));
+    pthread_mutex_lock(&n->lock);
+    load_reset(n);
+    uint32_t cc = mig_get_u32(in), csts = mig_get_u32(in), aqa = mig_get_u32(in);
+    uint64_t asq = mig_get_u64(in), acq = mig_get_u64(in);
+    uint32_t intms = mig_get_u32(in);
+    int rc = -EINVAL;
+    if (mig_in_ok(in) && !(cc & ~NVME_CC_WRITABLE) && !(aqa & ~0x0fff0fffu) && !(asq & 0xfff) &&
+        !(acq & 0xfff))
+        rc = load_cqs(n, in, &st);
+    if (rc == 0)
+        rc = load_sqs(n, in, &st);
+    if (rc == 0 && !csts_ok(cc, csts, &st))
+        rc = -EINVAL;
+    if (rc == 0)
+        rc = load_rest(n, in, csts & NVME_CSTS_RDY);
+    if (rc == 0) {
+        n->cc = cc;
+        n->csts = csts;
+        n->aqa = aqa;
+        n->asq = asq;
+        n->acq = acq;
+        install_queues(n, &st);
+        pthread_mutex_lock(&n->cq_lock);
+        n->intms = intms;
+        n->intx_level = intx_wanted(n); /* driven even if we thought it was there */
+        pci_set_irq(&n->func, n->intx_level);
+        pthread_mutex_unlock(&n->cq_lock);
+    } else {
+        staged_free(&st);
+        mig_in_fail(in);
+        load_reset(n);
+        rc = rc == -ENOMEM ? rc : -EINVAL;
+    }
+    pthread_mutex_unlock(&n->lock);
+    return rc;
 }

@@ -49,6 +49,7 @@
 #include <stdint.h>
 
 #include "backends/block.h"
+#include "common/mig_buf.h"
 #include "devices/io.h"
 #include "devices/msix.h"
 #include "devices/pci.h"
@@ -130,6 +131,7 @@ struct nvme_disk {
     unsigned naer;
     uint32_t aen_pending;  /* bit n: error event with info n waiting */
     bool aen_error_masked; /* until the error log is read */
+    bool paused;           /* nvme_quiesce: nothing fetched until nvme_resume (lock) */
 
     pthread_mutex_t cq_lock; /* completion queue state; see above */
     pthread_cond_t idle;     /* inflight reached 0 */
@@ -165,6 +167,46 @@ struct pci_func *nvme_pci_func(struct nvme_disk *n);
  * run from the function's on_reset by pci_topology_reset().
  */
 void nvme_reset(struct nvme_disk *n);
+
+/* ---- live migration ---- */
+
+#define NVME_STATE_VERSION 1
+
+/*
+ * Stops fetching commands (doorbells still record tails and heads) and
+ * waits until no request is at the backend; afterwards the controller
+ * writes no guest RAM. Idempotent. State driver; may sleep.
+ */
+void nvme_quiesce(struct nvme_disk *n);
+
+/*
+ * Undoes nvme_quiesce (and starts a controller loaded by nvme_load):
+ * processes what every submission queue holds and a pending event.
+ */
+void nvme_resume(struct nvme_disk *n);
+
+/*
+ * Appends the controller's state: registers (CC, CSTS, AQA, ASQ, ACQ,
+ * INTMS), every SQ and CQ (id, ring address, size, head, tail, phase,
+ * CQ id, vector, interrupt enable), features, held AER command ids and
+ * pending events, SMART counters, MSI-X, and the namespace geometry.
+ * -EBUSY unless quiesced with nothing in flight; -ENOMEM if the writer
+ * failed. The PCI config space is a payload of its own (pci_func_save).
+ */
+int nvme_save(const struct nvme_disk *n, struct mig_out *o);
+
+/*
+ * Loads a payload (untrusted) into a controller built from the same spec:
+ * every value is validated (register reserved bits, CSTS consistent with
+ * CC and the admin queues, queue ids unique and in range, sizes within
+ * limits, rings page-aligned and inside guest RAM, heads and tails below
+ * the size, SQs pointing at existing CQs, vectors < nvec, feature values
+ * in range, at most NVME_AER_LIMIT held AERs, same namespace geometry)
+ * and the whole input must be consumed. The controller is left quiesced:
+ * nvme_resume starts it. -EPROTO for another version, -EINVAL for bad
+ * data (the controller is then back at power-on state). State driver.
+ */
+int nvme_load(struct nvme_disk *n, struct mig_in *in, uint32_t version);
 
 /* BAR0 accesses (what nvme_init registers as the BAR's io_ops). vCPU thread. */
 uint64_t nvme_bar_read(void *opaque, uint64_t offset, unsigned size);

@@ -714,3 +714,83 @@ void pci_topology_reset(struct pci_topology *t)
     }
     pthread_mutex_unlock(&t->lock);
 }
+
+void pci_topology_remap_all(struct pci_topology *t)
+{
+    pthread_mutex_lock(&t->lock);
+    for (unsigned bus = 0; bus < 256; bus++) {
+        struct pci_bus *b = t->buses[bus];
+        for (unsigned d = 0; b && d < 32; d++) {
+            for (unsigned fn = 0; fn < 8; fn++) {
+                struct pci_func *f = b->slots[d][fn];
+                if (!f)
+                    continue;
+                update_bars(f);
+                command_changed(f);
+            }
+        }
+    }
+    pthread_mutex_unlock(&t->lock);
+}
+
+/* ---- migration ---- */
+
+int pci_func_save(const struct pci_func *cf, struct mig_out *o)
+{
+    struct pci_func *f = (struct pci_func *)cf; /* for the locks only */
+    struct pci_topology *t = f->topo;
+    if (t)
+        pthread_mutex_lock(&t->lock);
+    mig_put_u16(o, f->cfg_size);
+    mig_put_bytes(o, f->cfg, f->cfg_size);
+    if (t)
+        pthread_mutex_lock(&t->intx_lock);
+    mig_put_bool(o, f->intx_level);
+    if (t) {
+        pthread_mutex_unlock(&t->intx_lock);
+        pthread_mutex_unlock(&t->lock);
+    }
+    return mig_out_ok(o) ? 0 : -ENOMEM;
+}
+
+/* Whether cfg byte i may become v: only bits the guest or the device changes. */
+static bool cfg_byte_ok(const struct pci_func *f, unsigned i, uint8_t v)
+{
+    if (any_hook(f, i, 1))
+        return true;
+    uint8_t fixed = (uint8_t) ~(f->wmask[i] | f->w1cmask[i]);
+    return ((v ^ f->cfg[i]) & fixed) == 0;
+}
+
+int pci_func_load(struct pci_func *f, struct mig_in *in, uint32_t version)
+{
+    if (version != PCI_FUNC_STATE_VERSION)
+        return -EPROTO;
+    uint8_t cfg[PCI_CFG_SIZE_EXT];
+    uint16_t size = mig_get_u16(in);
+    if (size != f->cfg_size) {
+        mig_in_fail(in);
+        return -EINVAL;
+    }
+    mig_get_bytes(in, cfg, size);
+    bool level = mig_get_bool(in);
+    struct pci_topology *t = f->topo;
+    if (t)
+        pthread_mutex_lock(&t->lock);
+    bool ok = mig_in_done(in);
+    for (unsigned i = 0; ok && i < size; i++)
+        ok = cfg_byte_ok(f, i, cfg[i]);
+    if (ok) {
+        memcpy(f->cfg, cfg, size);
+        command_changed(f);
+        update_bars(f);
+    }
+    if (t)
+        pthread_mutex_unlock(&t->lock);
+    if (!ok) {
+        mig_in_fail(in);
+        return -EINVAL;
+    }
+    pci_set_irq(f, level);
+    return 0;
+}

@@ -53,6 +53,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "common/mig_buf.h"
 #include "devices/io.h"
 #include "spec/spec.h"
 
@@ -366,6 +367,23 @@ void pci_set_irq(struct pci_func *f, bool level);
 /* COMMAND.BUS_MASTER as the guest last wrote it: gate DMA on it. Any thread. */
 bool pci_func_bus_master(const struct pci_func *f);
 
+/*
+ * Live migration of one function's configuration space
+ * (PCI_FUNC_STATE_VERSION): cfg_size, the config bytes, and the INTx level
+ * the device drives. The target function was built from the same spec, so
+ * pci_func_load accepts a byte only where it differs from the target's
+ * own value in guest-writable (wmask), write-1-to-clear or device-owned
+ * (cfg hook) bits: IDs, class, header type, BAR flags and the capability
+ * list must be identical, else -EINVAL (nothing changed). Loading applies
+ * the new COMMAND (bus mastering, INTx disable) and BAR addresses at once:
+ * bar_moved reports the new mappings. -EPROTO for another version. State
+ * driver, vCPUs paused; takes the topology lock (not from a cfg hook).
+ * Device state behind hooks (MSI-X) travels with the device's payload.
+ */
+#define PCI_FUNC_STATE_VERSION 1
+int pci_func_save(const struct pci_func *f, struct mig_out *o);
+int pci_func_load(struct pci_func *f, struct mig_in *in, uint32_t version);
+
 /* ---- topology ---- */
 
 /*
@@ -466,5 +484,13 @@ void pci_topology_cfg_write(struct pci_topology *t, uint8_t bus, uint8_t dev, ui
  * reset their own state separately. State driver, vCPUs stopped.
  */
 void pci_topology_reset(struct pci_topology *t);
+
+/*
+ * Makes every function's config effective after its bytes were loaded
+ * (migration): BARs are mapped where the config says (bar_moved reports
+ * each change) and the COMMAND mirrors (bus master, INTx disable) are
+ * refreshed. State driver, vCPUs stopped.
+ */
+void pci_topology_remap_all(struct pci_topology *t);
 
 #endif

@@ -55,3 +55,13 @@ void pci_bridge_windows(const struct pci_bridge *b, struct pci_bridge_windows *o
     out->pref_limit = ((pref_limit & 0xfff0) << 16 | 0xfffff) |
                       (uint64_t)pci_cfg_peek(f, PCI_REG_PREF_LIMIT_HI, 4) << 32;
 }
+
+int pci_bridge_save(const struct pci_bridge *b, struct mig_out *o)
+{
+    return pci_func_save(&b->func, o);
+}
+
+int pci_bridge_load(struct pci_bridge *b, struct mig_in *in, uint32_t version)
+{
+    return pci_func_load(&b->func, in, version);
+}

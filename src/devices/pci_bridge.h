@@ -78,4 +78,14 @@ struct pci_bridge_windows {
  */
 void pci_bridge_windows(const struct pci_bridge *b, struct pci_bridge_windows *out);
 
+/*
+ * Live migration: a bridge's whole state is its config space (bus numbers,
+ * windows, bridge control), so these are pci_func_save/pci_func_load of
+ * b->func, with PCI_FUNC_STATE_VERSION. Loaded bus numbers take effect
+ * for routing at once.
+ */
+#define PCI_BRIDGE_STATE_VERSION PCI_FUNC_STATE_VERSION
+int pci_bridge_save(const struct pci_bridge *b, struct mig_out *o);
+int pci_bridge_load(struct pci_bridge *b, struct mig_in *in, uint32_t version);
+
 #endif

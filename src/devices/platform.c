@@ -214,7 +214,7 @@ static uint64_t pm_clock_ns(const struct pm *pm)
 /* The 24-bit PM timer; the split keeps ns * 3579545 from overflowing. */
 static uint32_t pm_timer(const struct pm *pm)
 {
-    uint64_t ns = pm_clock_ns(pm);
+    uint64_t ns = pm_clock_ns(pm) + pm->tmr_offset_ns;
     uint64_t ticks =
         (ns / 1000000000ull) * PM_TMR_FREQ + (ns % 1000000000ull) * PM_TMR_FREQ / 1000000000ull;
     return (uint32_t)(ticks & 0xffffff);
@@ -456,6 +456,80 @@ int pm_restore(struct pm *pm, const struct pm_state *s)
     pm->gpe0_sts = s->gpe0_sts;
     pm->gpe0_en = s->gpe0_en;
     pm_force_sci(pm);
+    pthread_mutex_unlock(&pm->lock);
+    return 0;
+}
+
+/* ---- migration payloads ---- */
+
+int i8042_save(const struct i8042 *k, struct mig_out *o)
+{
+    mig_put_u8(o, (uint8_t)atomic_load(&((struct i8042 *)k)->pending));
+    return mig_out_ok(o) ? 0 : -ENOMEM;
+}
+
+int i8042_load(struct i8042 *k, struct mig_in *in, uint32_t version)
+{
+    if (version != I8042_STATE_VERSION)
+        return -EPROTO;
+    uint8_t cmd = mig_get_u8(in);
+    if (!mig_in_done(in) || (cmd && !i8042_cmd_takes_data(cmd))) {
+        mig_in_fail(in);
+        return -EINVAL;
+    }
+    atomic_store(&k->pending, cmd);
+    return 0;
+}
+
+int pvpanic_save(const struct pvpanic *p, struct mig_out *o)
+{
+    (void)p;
+    return mig_out_ok(o) ? 0 : -ENOMEM;
+}
+
+int pvpanic_load(struct pvpanic *p, struct mig_in *in, uint32_t version)
+{
+    (void)p;
+    if (version != PVPANIC_STATE_VERSION)
+        return -EPROTO;
+    if (!mig_in_done(in)) {
+        mig_in_fail(in);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+int pm_mig_save(const struct pm *cpm, struct mig_out *o)
+{
+    struct pm *pm = (struct pm *)cpm; /* for the lock only */
+    pthread_mutex_lock(&pm->lock);
+    mig_put_u16(o, pm->pm1_sts);
+    mig_put_u16(o, pm->pm1_en);
+    mig_put_u16(o, pm->pm1_cnt);
+    mig_put_u16(o, pm->gpe0_sts);
+    mig_put_u16(o, pm->gpe0_en);
+    mig_put_u64(o, pm_clock_ns(pm) + pm->tmr_offset_ns);
+    pthread_mutex_unlock(&pm->lock);
+    return mig_out_ok(o) ? 0 : -ENOMEM;
+}
+
+int pm_mig_load(struct pm *pm, struct mig_in *in, uint32_t version)
+{
+    if (version != PM_STATE_VERSION)
+        return -EPROTO;
+    struct pm_state s;
+    s.pm1_sts = mig_get_u16(in);
+    s.pm1_en = mig_get_u16(in);
+    s.pm1_cnt = mig_get_u16(in);
+    s.gpe0_sts = mig_get_u16(in);
+    s.gpe0_en = mig_get_u16(in);
+    uint64_t tmr_ns = mig_get_u64(in);
+    if (!mig_in_done(in) || pm_restore(pm, &s) < 0) {
+        mig_in_fail(in);
+        return -EINVAL;
+    }
+    pthread_mutex_lock(&pm->lock);
+    pm->tmr_offset_ns = tmr_ns - pm_clock_ns(pm);
     pthread_mutex_unlock(&pm->lock);
     return 0;
 }

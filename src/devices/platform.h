@@ -21,6 +21,7 @@
 #ifndef CELLA_DEVICES_PLATFORM_H
 #define CELLA_DEVICES_PLATFORM_H
 
+#include "common/mig_buf.h"
 #include "devices/io.h"
 
 #include <pthread.h>
@@ -66,6 +67,15 @@ void i8042_init(struct i8042 *k, void (*reset)(void *ctx), void *ctx);
 
 /* Forgets a half-written command. State-driver thread, vCPUs paused. */
 void i8042_reset(struct i8042 *k);
+
+/*
+ * Live migration (I8042_STATE_VERSION): the command waiting for its data
+ * byte. Load: -EPROTO for another version, -EINVAL unless the input is
+ * exactly one byte holding 0 or a command that takes data. vCPUs paused.
+ */
+#define I8042_STATE_VERSION 1
+int i8042_save(const struct i8042 *k, struct mig_out *o);
+int i8042_load(struct i8042 *k, struct mig_in *in, uint32_t version);
 
 /* One port each (opaque = struct i8042 *). vCPU threads. */
 extern const struct io_ops i8042_data_ops; /* 0x60 */
@@ -121,6 +131,15 @@ struct pvpanic {
 void pvpanic_init(struct pvpanic *p, void (*event)(void *ctx, uint8_t events), void *ctx);
 
 /*
+ * Live migration (PVPANIC_STATE_VERSION): an empty payload, so the target
+ * still checks that the device exists on both sides. Load: -EPROTO for
+ * another version, -EINVAL for any byte.
+ */
+#define PVPANIC_STATE_VERSION 1
+int pvpanic_save(const struct pvpanic *p, struct mig_out *o);
+int pvpanic_load(struct pvpanic *p, struct mig_in *in, uint32_t version);
+
+/*
  * One port (opaque = struct pvpanic *). Reads return the capabilities;
  * a write reports its known bits through event() (unknown bits are a
  * guest error). vCPU threads.
@@ -172,7 +191,9 @@ extern const struct io_ops pvpanic_io_ops;
  * so SCI_EN is hardwired to 1 and ignores writes.
  *
  * PM timer: 24 bits (FADT flags without TMR_VAL_EXT) at 3.579545 MHz,
- * derived from CLOCK_MONOTONIC; not part of the saved state. Its overflow
+ * derived from CLOCK_MONOTONIC plus `tmr_offset_ns` (0 until a migration
+ * payload moves the timer's base, so it continues where the source left
+ * it); not part of struct pm_state, but of the migration payload. Its overflow
  * event (TMR_STS/TMR_EN) is not generated. The fixed power button is
  * (FADT flags without PWR_BUTTON): pm_press_power_button sets PWRBTN_STS
  * and raises the SCI if PWRBTN_EN is set, which Linux's ACPI button
@@ -199,6 +220,7 @@ struct pm {
     struct pm_config cfg;
     uint16_t pm1_sts, pm1_en, pm1_cnt, gpe0_sts, gpe0_en;
     bool sci_level;
+    uint64_t tmr_offset_ns; /* added (mod 2^64) to the clock for the PM timer */
 };
 
 /* Initialises `pm` with everything clear and the SCI low (not driven). */
@@ -226,6 +248,17 @@ void pm_save(struct pm *pm, struct pm_state *s);
  * vCPUs. Returns 0 or -EINVAL.
  */
 int pm_restore(struct pm *pm, const struct pm_state *s);
+
+/*
+ * Live migration payload (PM_STATE_VERSION): the registers of struct
+ * pm_state and the PM timer's clock (clock + offset, ns), from which the
+ * target computes its own offset so the timer continues. Load validates
+ * like pm_restore and needs the whole input: -EPROTO for another version,
+ * -EINVAL for bad data (pm unchanged). State driver, paused vCPUs.
+ */
+#define PM_STATE_VERSION 1
+int pm_mig_save(const struct pm *pm, struct mig_out *o);
+int pm_mig_load(struct pm *pm, struct mig_in *in, uint32_t version);
 
 /*
  * The whole block (opaque = struct pm *); offsets relative to PM_IO_BASE.

@@ -551,3 +551,52 @@ int uart_restore(struct uart *u, const struct uart_state *s)
     pthread_mutex_unlock(&u->lock);
     return 0;
 }
+
+/* ---- migration payload ---- */
+
+int uart_mig_save(const struct uart *u, struct mig_out *o)
+{
+    struct uart_state s;
+    uart_save((struct uart *)u, &s); /* takes the lock; changes nothing */
+    mig_put_u8(o, s.ier);
+    mig_put_u8(o, s.fcr);
+    mig_put_u8(o, s.lcr);
+    mig_put_u8(o, s.mcr);
+    mig_put_u8(o, s.lsr);
+    mig_put_u8(o, s.msr);
+    mig_put_u8(o, s.scr);
+    mig_put_u8(o, s.dll);
+    mig_put_u8(o, s.dlm);
+    mig_put_u8(o, s.thre_pending);
+    mig_put_u8(o, s.rx_count);
+    mig_put_bytes(o, s.rx_fifo, s.rx_count);
+    return mig_out_ok(o) ? 0 : -ENOMEM;
+}
+
+int uart_mig_load(struct uart *u, struct mig_in *in, uint32_t version)
+{
+    if (version != UART_STATE_VERSION)
+        return -EPROTO;
+    struct uart_state s;
+    memset(&s, 0, sizeof(s));
+    s.ier = mig_get_u8(in);
+    s.fcr = mig_get_u8(in);
+    s.lcr = mig_get_u8(in);
+    s.mcr = mig_get_u8(in);
+    s.lsr = mig_get_u8(in);
+    s.msr = mig_get_u8(in);
+    s.scr = mig_get_u8(in);
+    s.dll = mig_get_u8(in);
+    s.dlm = mig_get_u8(in);
+    s.thre_pending = mig_get_u8(in);
+    s.rx_count = mig_get_u8(in);
+    if (s.rx_count > UART_FIFO_SIZE)
+        mig_in_fail(in);
+    else
+        mig_get_bytes(in, s.rx_fifo, s.rx_count);
+    if (!mig_in_done(in) || uart_restore(u, &s) < 0) {
+        mig_in_fail(in);
+        return -EINVAL;
+    }
+    return 0;
+}

@@ -26,6 +26,7 @@
 #ifndef CELLA_DEVICES_UART16550_H
 #define CELLA_DEVICES_UART16550_H
 
+#include "common/mig_buf.h"
 #include "devices/io.h"
 
 #include <pthread.h>
@@ -143,6 +144,16 @@ void uart_save(struct uart *u, struct uart_state *s);
  * Returns 0 or -EINVAL.
  */
 int uart_restore(struct uart *u, const struct uart_state *s);
+
+/*
+ * Live migration payload (UART_STATE_VERSION): struct uart_state as
+ * little-endian bytes (registers, THR-empty latch, the pending RX bytes
+ * oldest first). uart_mig_load validates like uart_restore and needs the
+ * whole input consumed: -EPROTO for another version, -EINVAL for bad data
+ * (u unchanged). Same threads as uart_save / uart_restore.
+ */
+int uart_mig_save(const struct uart *u, struct mig_out *o);
+int uart_mig_load(struct uart *u, struct mig_in *in, uint32_t version);
 
 /*
  * Register access for the 8-port range (opaque = struct uart *). Accesses

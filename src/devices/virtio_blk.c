@@ -41,6 +41,7 @@ struct vblk_req {
     struct virtio_blk *b;
     uint16_t head;
     uint8_t *status;
+    unsigned wfirst, wcnt; /* the device-writable data buffers in iov */
     struct iovec iov[BLK_MAX_IOV];
 };
 
@@ -51,6 +52,10 @@ static void run_queue(struct virtio_blk *b);
 static void finish(struct virtio_blk *b, struct vblk_req *r, uint8_t status, uint32_t written)
 {
     *r->status = status;
+    /* All of the writable part: a failed read may have written some of it. */
+    struct iovec st = {r->status, 1};
+    vq_mark_written(&b->vq, r->iov + r->wfirst, r->wcnt, UINT64_MAX);
+    vq_mark_written(&b->vq, &st, 1, 1);
     struct vq_used u = {r->head, written + 1};
     bool notify = vq_push(&b->vq, &u, 1);
     free(r);
@@ -190,6 +195,8 @@ static void handle(struct virtio_blk *b, struct vblk_req *r, const struct vq_cha
     r->status = (uint8_t *)last->iov_base + last->iov_len - 1;
     if (--last->iov_len == 0)
         niov--;
+    r->wfirst = c->nread;
+    r->wcnt = niov > c->nread ? niov - c->nread : 0;
 
     switch (type) {
     case VIRTIO_BLK_T_IN:
@@ -350,6 +357,47 @@ static void reset(struct virtio_dev *d)
     pthread_mutex_unlock(&b->lock);
 }
 
+/* ---- migration ---- */
+
+static void op_quiesce(struct virtio_dev *d)
+{
+    quiesce(to_blk(d));
+}
+
+static void op_resume(struct virtio_dev *d)
+{
+    struct virtio_blk *b = to_blk(d);
+    pthread_mutex_lock(&b->lock);
+    b->stopped = b->starved = false; /* the transport kicks the queue next */
+    pthread_mutex_unlock(&b->lock);
+}
+
+/* The disk's geometry, so a target on another disk size refuses the state. */
+static int op_save(struct virtio_dev *d, struct mig_out *o)
+{
+    struct virtio_blk *b = to_blk(d);
+    pthread_mutex_lock(&b->lock);
+    bool busy = b->in_flight != 0 || b->processing;
+    pthread_mutex_unlock(&b->lock);
+    if (busy)
+        return -EBUSY;
+    mig_put_u64(o, b->capacity);
+    mig_put_u32(o, b->be->info.block_size);
+    return 0;
+}
+
+static int op_load(struct virtio_dev *d, struct mig_in *in)
+{
+    struct virtio_blk *b = to_blk(d);
+    uint64_t capacity = mig_get_u64(in);
+    uint32_t block_size = mig_get_u32(in);
+    if (!mig_in_ok(in) || capacity != b->capacity || block_size != b->be->info.block_size) {
+        mig_in_fail(in);
+        return -EINVAL;
+    }
+    return 0;
+}
+
 static const struct virtio_dev_ops blk_ops = {
     .config_read = cfg_read,
     .config_write = cfg_write,
@@ -357,6 +405,10 @@ static const struct virtio_dev_ops blk_ops = {
     .driver_ok = driver_ok,
     .queue_notify = queue_notify,
     .reset = reset,
+    .quiesce = op_quiesce,
+    .resume = op_resume,
+    .save = op_save,
+    .load = op_load,
 };
 
 /* ---- setup ---- */

@@ -80,6 +80,15 @@ int virtio_blk_create(const struct virtio_blk_params *p, struct virtio_blk **out
 /* The transport: add &pci->func to the topology, use its doorbells and kick. */
 struct virtio_pci *virtio_blk_pci(struct virtio_blk *b);
 
+/*
+ * Migration: the payload is the transport's (virtio_pci_save/load on
+ * virtio_blk_pci(b), VIRTIO_PCI_STATE_VERSION) with the disk geometry as
+ * the device section: a target whose disk differs refuses it. Quiesce
+ * (virtio_pci_quiesce) waits for every in-flight request; saving with a
+ * request in flight is -EBUSY.
+ */
+#define VIRTIO_BLK_STATE_VERSION VIRTIO_PCI_STATE_VERSION
+
 /* Waits for in-flight requests and frees. NULL is a no-op. vCPUs stopped. */
 void virtio_blk_destroy(struct virtio_blk *b);
 

@@ -28,6 +28,7 @@ struct virtio_net {
 
     pthread_mutex_t rx_lock;
     bool rx_live, rx_starved;
+    bool rx_paused; /* quiesced for migration: no receive into guest RAM */
     struct iovec rx_iov[VIRTIO_NET_RX_MAX_IOV];
     struct vq_used rx_used[VIRTIO_NET_RX_MAX_BUFS];
     uint64_t rx_len[VIRTIO_NET_RX_MAX_BUFS];
@@ -111,7 +112,7 @@ static void rx_fill(struct virtio_net *n)
     bool mrg = virtio_has(&n->dev, VIRTIO_NET_F_MRG_RXBUF);
     uint64_t need = guest_gso(&n->dev) ? NET_MAX_FRAME : VIRTIO_NET_RX_SMALL;
     for (;;) {
-        if (!n->rx_live) {
+        if (!n->rx_live || n->rx_paused) {
             n->rx_starved = true;
             return;
         }
@@ -125,6 +126,9 @@ static void rx_fill(struct virtio_net *n)
             return;
         }
         long len = net_recv(n->be, n->rx_iov, niov);
+        /* What the backend may have written; a refused frame: anything. */
+        if (len > 0 || len == -EMSGSIZE)
+            vq_mark_written(vq, n->rx_iov, niov, len > 0 ? (uint64_t)len : UINT64_MAX);
         if (len == -EMSGSIZE || (len > 0 && len < (long)NET_VNET_HDR_LEN)) {
             vq_unpop(vq, nbufs); /* frame dropped; buffers stay the guest's */
             continue;
@@ -143,6 +147,7 @@ static void rx_fill(struct virtio_net *n)
         uint8_t nb[2];
         put16(nb, (uint16_t)used);
         iov_write_at(n->rx_iov, first_iovs, HDR_NUM_BUFFERS, nb, sizeof(nb));
+        vq_mark_written(vq, n->rx_iov, first_iovs, HDR_NUM_BUFFERS + sizeof(nb));
         if (vq_push(vq, n->rx_used, used))
             virtio_dev_notify(&n->dev, VIRTIO_NET_RXQ);
     }
@@ -161,7 +166,7 @@ static void rx_ready(void *ctx)
 static void rx_kick(struct virtio_net *n)
 {
     pthread_mutex_lock(&n->rx_lock);
-    bool resume = n->rx_starved && n->rx_live;
+    bool resume = n->rx_starved && n->rx_live && !n->rx_paused;
     if (resume)
         n->rx_starved = false;
     pthread_mutex_unlock(&n->rx_lock);
@@ -255,6 +260,58 @@ static void reset(struct virtio_dev *d)
     pthread_mutex_unlock(&n->rx_lock);
 }
 
+/* ---- migration ---- */
+
+/*
+ * Transmit runs only on the kick path, under the transport lock the
+ * caller holds, so only receive needs stopping: rx_fill sees rx_paused
+ * under rx_lock and leaves, owing the backend a resume.
+ */
+static void op_quiesce(struct virtio_dev *d)
+{
+    struct virtio_net *n = to_net(d);
+    pthread_mutex_lock(&n->rx_lock);
+    n->rx_paused = true;
+    pthread_mutex_unlock(&n->rx_lock);
+}
+
+static void op_resume(struct virtio_dev *d)
+{
+    struct virtio_net *n = to_net(d);
+    pthread_mutex_lock(&n->rx_lock);
+    n->rx_paused = false;
+    n->rx_starved = true; /* frames may wait: the transport's kick asks for them */
+    pthread_mutex_unlock(&n->rx_lock);
+}
+
+/* The receive side's life; offloads follow from the features the transport restores. */
+static int op_save(struct virtio_dev *d, struct mig_out *o)
+{
+    struct virtio_net *n = to_net(d);
+    pthread_mutex_lock(&n->rx_lock);
+    mig_put_bool(o, n->rx_live);
+    pthread_mutex_unlock(&n->rx_lock);
+    mig_put_bytes(o, n->config, 6);
+    return 0;
+}
+
+static int op_load(struct virtio_dev *d, struct mig_in *in)
+{
+    struct virtio_net *n = to_net(d);
+    bool live = mig_get_bool(in);
+    uint8_t mac[6];
+    mig_get_bytes(in, mac, sizeof(mac));
+    if (!mig_in_ok(in) || memcmp(mac, n->config, sizeof(mac)) != 0) {
+        mig_in_fail(in);
+        return -EINVAL;
+    }
+    pthread_mutex_lock(&n->rx_lock);
+    n->rx_live = live;
+    n->rx_starved = true;
+    pthread_mutex_unlock(&n->rx_lock);
+    return 0;
+}
+
 static const struct virtio_dev_ops net_ops = {
     .config_read = cfg_read,
     .config_write = cfg_write,
@@ -262,6 +319,10 @@ static const struct virtio_dev_ops net_ops = {
     .driver_ok = driver_ok,
     .queue_notify = queue_notify,
     .reset = reset,
+    .quiesce = op_quiesce,
+    .resume = op_resume,
+    .save = op_save,
+    .load = op_load,
 };
 
 /* ---- setup ---- */

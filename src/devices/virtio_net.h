@@ -69,6 +69,14 @@ int virtio_net_create(const struct virtio_net_params *p, struct virtio_net **out
 
 struct virtio_pci *virtio_net_pci(struct virtio_net *n);
 
+/*
+ * Migration: the payload is the transport's (virtio_pci_save/load on
+ * virtio_net_pci(n)); loading re-applies the negotiated offloads with
+ * net_set_offloads. While quiesced, receive writes no guest RAM: an
+ * rx_ready is answered later, by the resume.
+ */
+#define VIRTIO_NET_STATE_VERSION VIRTIO_PCI_STATE_VERSION
+
 /* Frees; the backend must already be closed (no more rx_ready). NULL is a no-op. */
 void virtio_net_destroy(struct virtio_net *n);
 

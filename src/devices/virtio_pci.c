@@ -602,6 +602,8 @@ void virtio_pci_kick(struct virtio_pci *vp, unsigned q)
     pthread_mutex_lock(&vp->lock);
     if (!(vp->status & VIRTIO_STATUS_DRIVER_OK) || !vp->q[q].enabled) {
         guest_error(vp_name(vp), "kick of queue %u before it is live", q);
+    } else if (vp->paused) {
+        /* Quiesced for migration: resume kicks every live queue. */
     } else if (atomic_load(&vp->needs_reset)) {
         guest_error(vp_name(vp), "kick of queue %u while the device needs reset", q);
     } else if (!pci_func_bus_master(&vp->func)) {
@@ -618,4 +620,176 @@ uint8_t virtio_pci_status(struct virtio_pci *vp)
     uint8_t s = vp->status | (atomic_load(&vp->needs_reset) ? VIRTIO_STATUS_NEEDS_RESET : 0);
     pthread_mutex_unlock(&vp->lock);
     return s;
+}
+
+/* ---- live migration ---- */
+
+#define STATUS_LOADABLE                                                                            \
+    (VIRTIO_STATUS_ACKNOWLEDGE | VIRTIO_STATUS_DRIVER | VIRTIO_STATUS_FEATURES_OK |                \
+     VIRTIO_STATUS_DRIVER_OK | VIRTIO_STATUS_FAILED)
+
+void virtio_pci_quiesce(struct virtio_pci *vp)
+{
+    pthread_mutex_lock(&vp->lock);
+    vp->paused = true;
+    if (vp->dev->ops->quiesce)
+        vp->dev->ops->quiesce(vp->dev);
+    pthread_mutex_unlock(&vp->lock);
+}
+
+void virtio_pci_resume(struct virtio_pci *vp)
+{
+    struct virtio_dev *d = vp->dev;
+    pthread_mutex_lock(&vp->lock);
+    vp->paused = false;
+    if (d->ops->resume)
+        d->ops->resume(d);
+    bool live = (vp->status & VIRTIO_STATUS_DRIVER_OK) && !atomic_load(&vp->needs_reset) &&
+                pci_func_bus_master(&vp->func);
+    for (unsigned q = 0; live && q < d->nqueues; q++) {
+        if (vp->q[q].enabled)
+            d->ops->queue_notify(d, q);
+    }
+    pthread_mutex_unlock(&vp->lock);
+}
+
+int virtio_pci_save(const struct virtio_pci *cvp, struct mig_out *o)
+{
+    struct virtio_pci *vp = (struct virtio_pci *)cvp; /* for the locks only */
+    struct virtio_dev *d = vp->dev;
+    int rc = 0;
+    pthread_mutex_lock(&vp->lock);
+    if (!vp->paused) {
+        pthread_mutex_unlock(&vp->lock);
+        return -EBUSY;
+    }
+    mig_put_u8(o, (uint8_t)d->nqueues);
+    mig_put_u8(o, vp->status);
+    mig_put_bool(o, atomic_load(&vp->needs_reset));
+    mig_put_u32(o, vp->dfselect);
+    mig_put_u32(o, vp->gfselect);
+    mig_put_u64(o, vp->driver_features);
+    mig_put_bool(o, vp->driver_features_bad);
+    mig_put_u16(o, vp->queue_sel);
+    for (unsigned i = 0; i < d->nqueues; i++) {
+        const struct virtio_pci_queue *q = &vp->q[i];
+        mig_put_u16(o, q->size);
+        mig_put_bool(o, q->enabled);
+        mig_put_u64(o, q->desc);
+        mig_put_u64(o, q->driver);
+        mig_put_u64(o, q->device);
+        vq_save(&d->vqs[i], o);
+    }
+    pthread_mutex_lock(&vp->irq_lock);
+    mig_put_u8(o, vp->isr);
+    mig_put_u16(o, vp->config_vector);
+    for (unsigned i = 0; i < d->nqueues; i++)
+        mig_put_u16(o, vp->queue_vector[i]);
+    pthread_mutex_unlock(&vp->irq_lock);
+    msix_save(&vp->msix, o);
+    if (d->ops->save)
+        rc = d->ops->save(d, o);
+    pthread_mutex_unlock(&vp->lock);
+    if (rc == 0 && !mig_out_ok(o))
+        rc = -ENOMEM;
+    return rc;
+}
+
+static bool vector_ok(const struct virtio_pci *vp, uint16_t v)
+{
+    return v == MSIX_NO_VECTOR || v < vp->msix.nvec;
+}
+
+/* Transport registers and queues. vp->lock held, device reset and quiesced. */
+static int load_transport(struct virtio_pci *vp, struct mig_in *in)
+{
+    struct virtio_dev *d = vp->dev;
+    uint8_t nq = mig_get_u8(in);
+    uint8_t status = mig_get_u8(in);
+    bool needs_reset = mig_get_bool(in);
+    vp->dfselect = mig_get_u32(in);
+    vp->gfselect = mig_get_u32(in);
+    vp->driver_features = mig_get_u64(in);
+    vp->driver_features_bad = mig_get_bool(in);
+    vp->queue_sel = mig_get_u16(in);
+    if (!mig_in_ok(in) || nq != d->nqueues || (status & ~STATUS_LOADABLE) ||
+        ((status & VIRTIO_STATUS_DRIVER_OK) && !(status & VIRTIO_STATUS_FEATURES_OK)))
+        return -EINVAL;
+    if (status & VIRTIO_STATUS_FEATURES_OK) {
+        if (!features_acceptable(vp))
+            return -EINVAL;
+        d->features = vp->driver_features;
+        if (d->ops->set_features(d, d->features) < 0)
+            return -EINVAL;
+    }
+    vp->status = status;
+    atomic_store(&vp->needs_reset, needs_reset);
+    for (unsigned i = 0; i < d->nqueues; i++) {
+        struct virtio_pci_queue *q = &vp->q[i];
+        /* A disabled queue's registers are whatever the driver wrote;
+         * vq_enable checks them if it ever enables the queue. */
+        q->size = mig_get_u16(in);
+        bool enabled = mig_get_bool(in);
+        q->desc = mig_get_u64(in);
+        q->driver = mig_get_u64(in);
+        q->device = mig_get_u64(in);
+        if (!mig_in_ok(in))
+            return -EINVAL;
+        if (enabled) {
+            if (!(status & VIRTIO_STATUS_FEATURES_OK) || q->size > d->queue_max ||
+                vq_enable(&d->vqs[i], q->size, q->desc, q->driver, q->device,
+                          virtio_has(d, VIRTIO_F_EVENT_IDX),
+                          virtio_has(d, VIRTIO_F_INDIRECT_DESC)) < 0)
+                return -EINVAL;
+            q->enabled = true;
+        }
+        if (vq_load(&d->vqs[i], in) < 0)
+            return -EINVAL;
+    }
+    uint8_t isr = mig_get_u8(in);
+    uint16_t cvec = mig_get_u16(in), qvec[VIRTIO_MAX_QUEUES];
+    bool ok = vector_ok(vp, cvec) && !(isr & ~(VIRTIO_ISR_QUEUE | VIRTIO_ISR_CONFIG));
+    for (unsigned i = 0; i < d->nqueues; i++) {
+        qvec[i] = mig_get_u16(in);
+        ok &= vector_ok(vp, qvec[i]);
+    }
+    if (!ok || !mig_in_ok(in))
+        return -EINVAL;
+    pthread_mutex_lock(&vp->irq_lock);
+    vp->isr = isr;
+    vp->config_vector = cvec;
+    for (unsigned i = 0; i < d->nqueues; i++)
+        vp->queue_vector[i] = qvec[i];
+    pci_set_irq(&vp->func, isr != 0); /* the ISR and the level go together */
+    pthread_mutex_unlock(&vp->irq_lock);
+    return 0;
+}
+
+int virtio_pci_load(struct virtio_pci *vp, struct mig_in *in, uint32_t version)
+{
+    struct virtio_dev *d = vp->dev;
+    if (version != VIRTIO_PCI_STATE_VERSION)
+        return -EPROTO;
+    pthread_mutex_lock(&vp->lock);
+    /* From the reset state, quiesced until virtio_pci_resume. */
+    do_reset(vp);
+    vp->paused = true;
+    if (d->ops->quiesce)
+        d->ops->quiesce(d);
+    int rc = load_transport(vp, in);
+    if (rc == 0 && msix_load(&vp->msix, in) < 0)
+        rc = -EINVAL;
+    if (rc == 0 && d->ops->load && d->ops->load(d, in) < 0)
+        rc = -EINVAL;
+    if (rc == 0 && !mig_in_done(in))
+        rc = -EINVAL;
+    if (rc < 0) {
+        mig_in_fail(in);
+        do_reset(vp);
+        msix_reset(&vp->msix);
+        if (d->ops->quiesce)
+            d->ops->quiesce(d);
+    }
+    pthread_mutex_unlock(&vp->lock);
+    return rc;
 }

@@ -35,6 +35,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "common/mig_buf.h"
 #include "devices/io.h"
 #include "devices/msix.h"
 #include "devices/pci.h"
@@ -112,6 +113,7 @@ struct virtio_pci {
     uint16_t queue_sel;
     struct virtio_pci_queue q[VIRTIO_MAX_QUEUES];
     uint8_t cfg_cap; /* config offset of the PCI_CFG capability */
+    bool paused;     /* virtio_pci_quiesce: kicks are dropped until resume */
 
     pthread_mutex_t irq_lock; /* leaf: isr and vectors */
     uint8_t isr;
@@ -157,5 +159,48 @@ void virtio_pci_bar_write(void *opaque, uint64_t off, unsigned size, uint64_t va
 
 /* The device status as the driver reads it (tests). */
 uint8_t virtio_pci_status(struct virtio_pci *vp);
+
+/* ---- live migration ---- */
+
+/*
+ * Payload layout version of virtio_pci_save (transport, queues, MSI-X and
+ * the device type's section together).
+ */
+#define VIRTIO_PCI_STATE_VERSION 1
+
+/*
+ * Stops the device: kicks are dropped from now on (the queues are kicked
+ * again at resume), and the device type stops taking requests and waits
+ * for every one in flight (ops->quiesce). Afterwards the device writes no
+ * guest RAM. Idempotent. State driver (vCPUs paused); may sleep.
+ */
+void virtio_pci_quiesce(struct virtio_pci *vp);
+
+/*
+ * Undoes virtio_pci_quiesce (also starts a device loaded by
+ * virtio_pci_load) and kicks every live queue, since a kick that came
+ * while paused, or on the migration source, was dropped. State driver.
+ */
+void virtio_pci_resume(struct virtio_pci *vp);
+
+/*
+ * Appends the device's state: transport registers, per-queue registers
+ * and indices, ISR and vectors, MSI-X table and pending bits, then the
+ * device type's section. The device must be quiesced: -EBUSY otherwise
+ * (or with requests in flight). The PCI config space is a payload of its
+ * own (pci_func_save). 0, -EBUSY, or -ENOMEM (writer failed).
+ */
+int virtio_pci_save(const struct virtio_pci *vp, struct mig_out *o);
+
+/*
+ * Loads a payload (untrusted) into a device freshly built from the same
+ * spec: every value is validated (status bits and their order, features
+ * a subset of what this device offers and accepted by the device type,
+ * queue sizes and ring addresses through vq_enable, vectors < nvec, ...)
+ * and the whole input must be consumed. The device is left quiesced:
+ * virtio_pci_resume starts it. -EPROTO for another version, -EINVAL for
+ * bad data (the device is then reset). State driver.
+ */
+int virtio_pci_load(struct virtio_pci *vp, struct mig_in *in, uint32_t version);
 
 #endif

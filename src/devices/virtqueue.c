@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "common/le.h"
+#include "devices/dma_dirty.h"
 
 /*
  * The ring indices are 16-bit fields the guest reads and writes
@@ -58,6 +59,7 @@ static void reset_locked(struct virtqueue *vq)
     vq->event_idx = vq->indirect = false;
     vq->num = 0;
     vq->desc = vq->avail = vq->used = NULL;
+    vq->used_gpa = 0;
     vq->last_avail = vq->used_idx = 0;
     vq->signalled_used = 0;
     vq->signalled_valid = false;
@@ -88,6 +90,7 @@ int vq_enable(struct virtqueue *vq, uint16_t num, uint64_t desc_gpa, uint64_t av
     vq->desc = d;
     vq->avail = a;
     vq->used = u;
+    vq->used_gpa = used_gpa;
     vq->event_idx = event_idx;
     vq->indirect = indirect;
     /* Indices start at 0 (reset_locked); the driver zeroed the rings. */
@@ -188,9 +191,16 @@ static int walk_chain(struct virtqueue *vq, uint16_t head, struct vq_chain *c, s
     }
 }
 
+/* We wrote the used ring: migration must send its pages again. */
+static void mark_used(struct virtqueue *vq)
+{
+    guest_mem_dirty(vq->mem, vq->used_gpa, USED_SIZE(vq->num));
+}
+
 static void set_avail_event(struct virtqueue *vq, uint16_t v)
 {
     store16(vq->used + USED_RING(vq->num), v, __ATOMIC_RELAXED);
+    mark_used(vq);
 }
 
 static int pop_locked(struct virtqueue *vq, struct vq_chain *c, struct iovec *iov, unsigned max_iov)
@@ -264,6 +274,7 @@ static bool push_locked(struct virtqueue *vq, const struct vq_used *u, unsigned 
     }
     vq->used_idx = (uint16_t)(old + n);
     store16(vq->used + USED_IDX, vq->used_idx, __ATOMIC_RELEASE);
+    mark_used(vq);
     /* Our used->idx store must be visible before we read the driver's
      * suppression state, which it writes before reading used->idx. */
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
@@ -283,6 +294,55 @@ bool vq_push(struct virtqueue *vq, const struct vq_used *u, unsigned n)
     bool notify = push_locked(vq, u, n);
     pthread_mutex_unlock(&vq->lock);
     return notify;
+}
+
+void vq_mark_written(struct virtqueue *vq, const struct iovec *iov, unsigned n, uint64_t nbytes)
+{
+    dma_dirty_iov(vq->mem, iov, n, nbytes);
+}
+
+/* ---- migration ---- */
+
+void vq_save(struct virtqueue *vq, struct mig_out *o)
+{
+    pthread_mutex_lock(&vq->lock);
+    mig_put_bool(o, vq->ready);
+    mig_put_bool(o, vq->broken);
+    mig_put_u16(o, vq->last_avail);
+    mig_put_u16(o, vq->used_idx);
+    mig_put_u16(o, vq->signalled_used);
+    mig_put_bool(o, vq->signalled_valid);
+    pthread_mutex_unlock(&vq->lock);
+}
+
+int vq_load(struct virtqueue *vq, struct mig_in *in)
+{
+    bool ready = mig_get_bool(in), broken = mig_get_bool(in);
+    uint16_t last_avail = mig_get_u16(in), used_idx = mig_get_u16(in);
+    uint16_t signalled = mig_get_u16(in);
+    bool signalled_valid = mig_get_bool(in);
+    if (!mig_in_ok(in))
+        return -EINVAL;
+    pthread_mutex_lock(&vq->lock);
+    int rc = 0;
+    if (ready != vq->ready) {
+        rc = -EINVAL; /* the transport's enabled flag and the queue disagree */
+    } else if (!ready) {
+        if (broken || last_avail || used_idx || signalled || signalled_valid)
+            rc = -EINVAL;
+    } else if ((uint16_t)(last_avail - used_idx) > vq->num || (signalled_valid && !vq->event_idx)) {
+        rc = -EINVAL; /* more chains outstanding than the ring holds */
+    } else {
+        vq->broken = broken;
+        vq->last_avail = last_avail;
+        vq->used_idx = used_idx;
+        vq->signalled_used = signalled;
+        vq->signalled_valid = signalled_valid;
+    }
+    pthread_mutex_unlock(&vq->lock);
+    if (rc < 0)
+        mig_in_fail(in);
+    return rc;
 }
 
 size_t iov_to_buf(const struct iovec *iov, unsigned n, void *dst, size_t len)

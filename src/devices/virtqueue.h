@@ -30,6 +30,7 @@
 #include <stdint.h>
 #include <sys/uio.h>
 
+#include "common/mig_buf.h"
 #include "machine/guest_mem.h"
 
 /* ---- spec constants ---- */
@@ -78,6 +79,7 @@ struct virtqueue {
     bool event_idx, indirect;
     uint16_t num;
     uint8_t *desc, *avail, *used;
+    uint64_t used_gpa;   /* for dirty marks */
     uint16_t last_avail; /* next avail ring slot to take */
     uint16_t used_idx;   /* next used ring slot to fill */
     uint16_t signalled_used;
@@ -146,6 +148,28 @@ void vq_set_broken(struct virtqueue *vq);
 /* True when the queue has been enabled and not broken (a snapshot). */
 bool vq_ready(struct virtqueue *vq);
 
+/*
+ * Marks the first `nbytes` (UINT64_MAX: all) of the device-writable
+ * buffers iov[0..n) dirty for migration (guest_mem_dirty), after the
+ * device wrote them. Any thread.
+ */
+void vq_mark_written(struct virtqueue *vq, const struct iovec *iov, unsigned n, uint64_t nbytes);
+
+/*
+ * Migration: the queue's indices (last_avail, used_idx, the EVENT_IDX
+ * signalling shadow) and its broken flag; the ring addresses belong to
+ * the transport, which vq_enable()s the queue before vq_load(). A
+ * section of the transport's payload (no version of its own). The queue
+ * must be idle (device quiesced).
+ */
+void vq_save(struct virtqueue *vq, struct mig_out *o);
+/*
+ * Reads what vq_save wrote into a queue that is enabled (or, when the
+ * saved queue was not ready, disabled: then the indices must be zero).
+ * -EINVAL on a bad value or a short input.
+ */
+int vq_load(struct virtqueue *vq, struct mig_in *in);
+
 /* Copies up to len bytes from the start of iov[0..n) into dst; returns bytes copied. */
 size_t iov_to_buf(const struct iovec *iov, unsigned n, void *dst, size_t len);
 /* Copies len bytes of src into the start of iov[0..n); returns bytes copied. */
@@ -178,6 +202,20 @@ struct virtio_dev_ops {
      * request, then vq_reset every queue. May sleep.
      */
     void (*reset)(struct virtio_dev *d);
+    /*
+     * Optional (migration). quiesce: stop taking requests from the queues
+     * and wait until nothing is in flight; from then on the device writes
+     * no guest RAM (receive paths included) until resume. resume: undo it
+     * (the transport kicks every live queue afterwards). save/load: the
+     * device type's own state as a section of the transport's payload,
+     * after the transport restored features (set_features was called) and
+     * queues; save fails (-EBUSY) with requests in flight, load validates
+     * everything (-EINVAL) and leaves the device quiesced.
+     */
+    void (*quiesce)(struct virtio_dev *d);
+    void (*resume)(struct virtio_dev *d);
+    int (*save)(struct virtio_dev *d, struct mig_out *o);
+    int (*load)(struct virtio_dev *d, struct mig_in *in);
 };
 
 /* What the transport gives the device; set by the transport's init. */

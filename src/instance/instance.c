@@ -20,6 +20,9 @@
 #include <time.h>
 
 #include "backends/set.h"
+#include "migrate/source.h"
+#include "migrate/target.h"
+#include "spec/spec_json.h"
 #include "common/log.h"
 #include "spec/validate.h"
 
@@ -33,12 +36,28 @@ enum work_kind {
     W_EV_FAILURE,
     W_EV_DEGRADED,  /* a backend lost its connection and is retrying */
     W_EV_RECOVERED, /* ... and got it back */
+    W_MIGRATE_OUT,  /* arg: struct mig_out_req */
+    W_MIGRATE_IN,   /* stage 2 of a migration target */
     W_QUIT
 };
 
 struct work {
     enum work_kind kind;
     char detail[160];
+    void *arg;
+};
+
+/* A source-side migration handed from a connection thread to the worker. */
+struct mig_out_req {
+    const char *id;
+    int sock;
+    const void *early;
+    size_t early_len;
+    struct cella_errors *errs;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    bool done;
+    int rc;
 };
 
 #define QUEUE_MAX 64
@@ -60,6 +79,16 @@ struct instance {
     struct machine *m;
     struct backend_set *backends; /* worker thread (and ensure, before it runs) */
     unsigned degraded;            /* backends retrying (worker thread) */
+
+    /* Live migration. mig_in/mig_out under `lock`; the rest worker/ensure. */
+    struct instance_migration mig_in, mig_out;
+    bool mig_out_busy;                       /* under `lock` */
+    uint32_t fail_exports_left;              /* migration_failure_injector.fail_exports */
+    uint32_t downtime_ms;                    /* 0: the driver default (under `lock`) */
+    struct mig_target *target;               /* between stage 1 (ensure) and stage 2 (worker) */
+    const struct ensure_request *target_req; /* during stage 1 only */
+    struct machine *target_m;                /* what stage 1's prepare built */
+    char *report;                            /* the last outgoing migration's report (JSON) */
 
     pthread_mutex_t q_lock;
     pthread_cond_t q_cond;
@@ -108,7 +137,7 @@ static enum instance_state current_state(struct instance *inst)
 
 /* ---- the work queue ---- */
 
-static int enqueue(struct instance *inst, enum work_kind kind, const char *detail)
+static int enqueue_arg(struct instance *inst, enum work_kind kind, const char *detail, void *arg)
 {
     pthread_mutex_lock(&inst->q_lock);
     int r = 0;
@@ -117,11 +146,17 @@ static int enqueue(struct instance *inst, enum work_kind kind, const char *detai
     } else {
         struct work *w = &inst->queue[(inst->q_head + inst->q_len++) % QUEUE_MAX];
         w->kind = kind;
+        w->arg = arg;
         snprintf(w->detail, sizeof(w->detail), "%s", detail ? detail : "");
         pthread_cond_signal(&inst->q_cond);
     }
     pthread_mutex_unlock(&inst->q_lock);
     return r;
+}
+
+static int enqueue(struct instance *inst, enum work_kind kind, const char *detail)
+{
+    return enqueue_arg(inst, kind, detail, NULL);
 }
 
 static struct work dequeue(struct instance *inst)
@@ -284,6 +319,9 @@ static void do_reboot(struct instance *inst, const char *why)
     publish(inst, INSTANCE_RUNNING);
 }
 
+static void do_migrate_out(struct instance *inst, struct mig_out_req *rq);
+static void do_migrate_in(struct instance *inst);
+
 static void *worker_main(void *arg)
 {
     struct instance *inst = arg;
@@ -327,10 +365,439 @@ static void *worker_main(void *arg)
                 current_state(inst) == INSTANCE_REPAIRING)
                 publish(inst, INSTANCE_RUNNING);
             break;
+        case W_MIGRATE_OUT:
+            do_migrate_out(inst, w.arg);
+            break;
+        case W_MIGRATE_IN:
+            do_migrate_in(inst);
+            break;
         case W_QUIT:
             return NULL;
         }
     }
+}
+
+/* ---- live migration ---- */
+
+static int check_spec(const struct instance_spec *spec, struct cella_errors *errs);
+
+/* The failure injector's count (fail_imports when `imports`), 0 without one. */
+static uint32_t injector(const struct instance_spec *spec, bool imports)
+{
+    for (size_t i = 0; i < spec->count; i++) {
+        const struct spec_component *c = &spec->components[i];
+        if (c->kind == SK_MIGRATION_FAILURE_INJECTOR)
+            return imports ? c->u.migration_failure_injector.fail_imports
+                           : c->u.migration_failure_injector.fail_exports;
+    }
+    return 0;
+}
+
+/* Publishes a migration phase: a new generation, so monitors see it. */
+static void set_mig_phase(struct instance *inst, bool out, enum mig_phase ph)
+{
+    pthread_mutex_lock(&inst->lock);
+    struct instance_migration *mg = out ? &inst->mig_out : &inst->mig_in;
+    mg->state = mig_phase_name(ph);
+    inst->gen++;
+    pthread_cond_broadcast(&inst->changed);
+    pthread_mutex_unlock(&inst->lock);
+    log_msg(LOG_INFO, "migrate", "%s migration %s: %s", out ? "outgoing" : "incoming", mg->id,
+            mig_phase_name(ph));
+}
+
+static void src_phase(void *ctx, enum mig_phase ph)
+{
+    set_mig_phase(ctx, true, ph);
+}
+
+static void tgt_phase(void *ctx, enum mig_phase ph)
+{
+    set_mig_phase(ctx, false, ph);
+}
+
+/* COM1 history, oldest first: the kept head, then the kept tail. */
+static int src_serial(void *ctx, mig_serial_emit_fn emit, void *ectx)
+{
+    struct instance *inst = ctx;
+    uint64_t total = serial_hub_total(inst->hub);
+    static uint8_t buf[64 << 10]; /* worker thread only */
+    uint64_t off = 0;
+    while (off < total) {
+        size_t len = 0;
+        uint64_t last = 0;
+        int r = serial_hub_read(inst->hub, true, off, sizeof(buf), buf, &len, &last);
+        if (r == -ERANGE) {
+            /* The gap between head and tail: continue where the tail starts. */
+            off = total > SERIAL_HISTORY_TAIL ? total - SERIAL_HISTORY_TAIL : total;
+            if (off <= SERIAL_HISTORY_HEAD)
+                off = SERIAL_HISTORY_HEAD;
+            continue;
+        }
+        if (r < 0 || len == 0)
+            break;
+        if ((r = emit(ectx, off, buf, len, total)) < 0)
+            return r;
+        off += len;
+    }
+    return 0;
+}
+
+static int src_blobs(void *ctx, mig_blob_emit_fn emit, void *ectx)
+{
+    struct instance *inst = ctx;
+    return backend_set_foreach_blob(inst->backends, emit, ectx);
+}
+
+static int src_release(void *ctx, struct cella_errors *errs)
+{
+    (void)errs;
+    struct instance *inst = ctx;
+    backend_set_release(inst->backends);
+    return 0;
+}
+
+static int src_reacquire(void *ctx, struct cella_errors *errs)
+{
+    struct instance *inst = ctx;
+    return backend_set_activate(inst->backends, errs);
+}
+
+static void keep_report(struct instance *inst, const char *id, const struct mig_source_result *res,
+                        const struct cella_errors *errs)
+{
+    const struct mig_stats *st = &res->stats;
+    json_t *phases = json_object();
+    for (int i = 0; i < MIG_PHASE_COUNT && phases; i++) {
+        const struct mig_phase_stats *p = &st->phase[i];
+        if (!p->us && !p->bytes && !p->messages)
+            continue;
+        json_object_set_new(phases, mig_phase_name((enum mig_phase)i),
+                            json_pack("{s:f,s:I,s:I,s:I,s:i}", "ms", (double)p->us / 1e3, "bytes",
+                                      (json_int_t)p->bytes, "pages", (json_int_t)p->pages,
+                                      "zero_pages", (json_int_t)p->zero_pages, "passes",
+                                      (int)p->passes));
+    }
+    json_t *j = json_pack(
+        "{s:s,s:s,s:f,s:f,s:i,s:b,s:s,s:I,s:I,s:I,s:o,s:s}", "migration_id", id, "outcome",
+        mig_outcome_name(res->outcome), "blackout_ms", (double)st->blackout_us / 1e3, "total_ms",
+        (double)st->total_us / 1e3, "passes", (int)st->passes, "converged", st->converged,
+        "precopy_end", st->precopy_end ? st->precopy_end : "", "bandwidth_bps",
+        (json_int_t)st->bandwidth_bps, "predicted_downtime_ms",
+        (json_int_t)st->predicted_downtime_ms, "final_dirty_pages",
+        (json_int_t)st->final_dirty_pages, "phases", phases ? phases : json_object(), "error",
+        errs->count ? errs->items[0].message : "");
+    char *text = j ? json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+    json_decref(j);
+    pthread_mutex_lock(&inst->lock);
+    free(inst->report);
+    inst->report = text;
+    pthread_mutex_unlock(&inst->lock);
+    if (text)
+        log_msg(LOG_INFO, "migrate", "outgoing migration report: %s", text);
+}
+
+static int run_source(struct instance *inst, struct mig_out_req *rq)
+{
+    int rc = 0;
+    json_t *wire = spec_to_wire(&inst->spec);
+    char *text = wire ? json_dumps(wire, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+    json_decref(wire);
+    struct mig_stream *st = NULL;
+    if (!text || (rc = mig_stream_server(rq->sock, false, rq->early, rq->early_len, &st)) < 0) {
+        free(text);
+        return cella_err(rq->errs, rc < 0 ? rc : -ENOMEM, "", "cannot start the migration stream");
+    }
+    pthread_mutex_lock(&inst->lock);
+    inst->mig_out.present = true;
+    snprintf(inst->mig_out.id, sizeof(inst->mig_out.id), "%s", rq->id);
+    inst->mig_out.state = mig_phase_name(MIG_PHASE_SYNC);
+    publish_locked(inst, INSTANCE_MIGRATING);
+    pthread_mutex_unlock(&inst->lock);
+
+    static const struct mig_source_hooks hooks = {
+        .serial_history = src_serial,
+        .blobs = src_blobs,
+        .release_backends = src_release,
+        .reacquire_backends = src_reacquire,
+        .phase = src_phase,
+    };
+    struct mig_source_params p = {
+        .vm_ops = &mig_machine_vm_ops,
+        .vm = inst->m,
+        .hooks = &hooks,
+        .ctx = inst,
+        .spec_wire_json = text,
+        .spec_len = strlen(text),
+    };
+    pthread_mutex_lock(&inst->lock);
+    p.cfg.downtime_ms = inst->downtime_ms;
+    pthread_mutex_unlock(&inst->lock);
+    const char *stall = getenv("CELLA_MIGRATE_STALL_MS");
+    if (stall)
+        p.cfg.stall_ms = (int)strtol(stall, NULL, 10);
+    if (inst->fail_exports_left) {
+        p.cfg.fail_exports = true;
+        inst->fail_exports_left--;
+    }
+    struct mig_source_result res;
+    memset(&res, 0, sizeof(res));
+    rc = mig_source_run(st, &p, &res, rq->errs);
+    mig_stream_free(st);
+    free(text);
+    keep_report(inst, rq->id, &res, rq->errs);
+    if (res.outcome == MIG_OUTCOME_COMMITTED) {
+        char ctl[MIG_MAX_ADDR + 96];
+        snprintf(ctl, sizeof(ctl), "{\"Migrating\":{\"destination\":\"%s\",\"from_start\":%llu}}",
+                 res.target_addr, (unsigned long long)serial_hub_total(inst->hub));
+        serial_hub_broadcast_control(inst->hub, ctl);
+        set_mig_phase(inst, true, MIG_PHASE_FINISH);
+        publish(inst, INSTANCE_STOPPING);
+        drop_machine(inst);
+        close_backends(inst);
+        publish(inst, INSTANCE_STOPPED);
+        publish(inst, INSTANCE_DESTROYED);
+        rc = 0;
+    } else if (res.outcome == MIG_OUTCOME_FAILED && res.resumed) {
+        set_mig_phase(inst, true, MIG_PHASE_ERROR);
+        publish(inst, INSTANCE_RUNNING);
+        if (rc >= 0)
+            rc = -EIO;
+    } else {
+        set_mig_phase(inst, true, MIG_PHASE_ERROR);
+        fail(inst, res.outcome == MIG_OUTCOME_UNKNOWN
+                       ? "migration outcome unknown: the target may be running the guest"
+                       : "migration failed and the guest could not be resumed");
+        if (rc >= 0)
+            rc = -EIO;
+    }
+    return rc;
+}
+
+static void do_migrate_out(struct instance *inst, struct mig_out_req *rq)
+{
+    int rc;
+    enum instance_state s = current_state(inst);
+    if (s != INSTANCE_RUNNING)
+        rc = cella_err(rq->errs, -EPERM, "", "only a Running instance can migrate (it is %s)",
+                       instance_state_name(s));
+    else
+        rc = run_source(inst, rq);
+    pthread_mutex_lock(&rq->lock);
+    rq->rc = rc;
+    rq->done = true;
+    pthread_cond_signal(&rq->cond);
+    pthread_mutex_unlock(&rq->lock);
+}
+
+int instance_migrate_out(struct instance *inst, const char *migration_id, int sock,
+                         const void *early, size_t early_len, struct cella_errors *errs)
+{
+    pthread_mutex_lock(&inst->lock);
+    bool ensured = inst->ensured, busy = inst->mig_out_busy;
+    if (ensured && !busy)
+        inst->mig_out_busy = true;
+    pthread_mutex_unlock(&inst->lock);
+    if (!ensured)
+        return cella_err(errs, -ENOENT, "", "no instance");
+    if (busy)
+        return cella_err(errs, -EBUSY, "", "a migration out of this instance is running");
+    struct mig_out_req rq = {.id = migration_id,
+                             .sock = sock,
+                             .early = early,
+                             .early_len = early_len,
+                             .errs = errs,
+                             .lock = PTHREAD_MUTEX_INITIALIZER,
+                             .cond = PTHREAD_COND_INITIALIZER};
+    int r = enqueue_arg(inst, W_MIGRATE_OUT, NULL, &rq);
+    if (r == 0) {
+        pthread_mutex_lock(&rq.lock);
+        while (!rq.done)
+            pthread_cond_wait(&rq.cond, &rq.lock);
+        pthread_mutex_unlock(&rq.lock);
+        r = rq.rc;
+    } else {
+        cella_err(errs, r, "", "the instance is busy");
+    }
+    pthread_mutex_lock(&inst->lock);
+    inst->mig_out_busy = false;
+    pthread_mutex_unlock(&inst->lock);
+    return r;
+}
+
+int instance_set_migration_downtime(struct instance *inst, uint32_t downtime_ms)
+{
+    pthread_mutex_lock(&inst->lock);
+    bool ensured = inst->ensured;
+    if (ensured)
+        inst->downtime_ms = downtime_ms;
+    pthread_mutex_unlock(&inst->lock);
+    return ensured ? 0 : -ENOENT;
+}
+
+int instance_migration_report(struct instance *inst, char **json)
+{
+    pthread_mutex_lock(&inst->lock);
+    *json = inst->report ? strdup(inst->report) : NULL;
+    bool had = inst->report != NULL;
+    pthread_mutex_unlock(&inst->lock);
+    if (!had)
+        return -ENOENT;
+    return *json ? 0 : -ENOMEM;
+}
+
+/* -- target -- */
+
+static int tgt_accepts(void *ctx, const char *kind, uint32_t offered, uint32_t *accept)
+{
+    (void)ctx;
+    return machine_payload_accepts(kind, offered, accept);
+}
+
+/*
+ * The source's spec: decode, apply the caller's replacements (backends
+ * only), prove the guest sees nothing different, check this host, then
+ * build the machine against probed (not opened) backends.
+ */
+static int tgt_prepare(void *ctx, const char *json, size_t len, bool check_only,
+                       struct mig_target_vm *out, struct cella_errors *errs)
+{
+    struct instance *inst = ctx;
+    const struct ensure_request *req = inst->target_req;
+    json_t *j = NULL;
+    struct instance_spec src, amended;
+    spec_init(&src);
+    spec_init(&amended);
+    int r = cella_json_parse(json, len, &j, errs);
+    if (r == 0)
+        r = spec_from_wire(j, &src, errs);
+    json_decref(j);
+    if (r == 0)
+        r = spec_apply_replacements(&src, req->replace, req->nreplace, &amended, errs);
+    if (r == 0) {
+        struct spec_diff d = {0};
+        int n = spec_guest_diff(&src, &amended, &d);
+        for (int i = 0; i < n; i++)
+            cella_err(errs, -EINVAL, d.items[i].pointer,
+                      "the replacement changes what the guest sees: %s", d.items[i].text);
+        spec_diff_free(&d);
+        if (n != 0)
+            r = n < 0 ? n : -EINVAL;
+    }
+    if (r == 0)
+        r = check_spec(&amended, errs);
+    spec_free(&src);
+    if (r < 0 || check_only) {
+        spec_free(&amended);
+        return r < 0 ? r : 0;
+    }
+    pthread_mutex_lock(&inst->lock);
+    spec_free(&inst->spec);
+    inst->spec = amended;
+    pthread_mutex_unlock(&inst->lock);
+    r = backend_set_open(&inst->spec, BACKEND_SET_DEFER, on_backend_event, inst, &inst->backends,
+                         errs);
+    struct machine *m = NULL;
+    if (r == 0)
+        r = build_machine(inst, &m, errs);
+    if (r < 0)
+        return r;
+    inst->target_m = m;
+    out->ops = &mig_machine_vm_ops;
+    out->vm = m;
+    out->fail_imports = injector(&inst->spec, true) > 0;
+    return 0;
+}
+
+static int tgt_serial(void *ctx, uint64_t offset, const uint8_t *data, size_t len, uint64_t total,
+                      struct cella_errors *errs)
+{
+    (void)total;
+    (void)errs;
+    struct instance *inst = ctx;
+    serial_hub_restore(inst->hub, offset, data, len);
+    return 0;
+}
+
+static int tgt_blob(void *ctx, const char *key, const uint8_t *data, size_t len,
+                    struct cella_errors *errs)
+{
+    struct instance *inst = ctx;
+    int r = backend_set_blob_contents(inst->backends, key, data, len);
+    if (r < 0)
+        return cella_err(errs, r, "", "blob contents for %s do not fit its backend", key);
+    return 0;
+}
+
+static int tgt_open_backends(void *ctx, struct cella_errors *errs)
+{
+    struct instance *inst = ctx;
+    return backend_set_activate(inst->backends, errs);
+}
+
+static const struct mig_target_hooks target_hooks = {
+    .payload_accepts = tgt_accepts,
+    .prepare = tgt_prepare,
+    .serial_history = tgt_serial,
+    .blob = tgt_blob,
+    .open_backends = tgt_open_backends,
+    .phase = tgt_phase,
+};
+
+/* Stage 1, inside the ensure request. */
+static int ensure_target(struct instance *inst, const struct ensure_request *req,
+                         struct machine **m, struct cella_errors *errs)
+{
+    struct mig_target_params p = {
+        .src_addr = req->src_addr,
+        .migration_id = req->migration_id,
+        .advertise_addr = inst->host.api_addr,
+        .hooks = &target_hooks,
+        .ctx = inst,
+    };
+    const char *stall = getenv("CELLA_MIGRATE_STALL_MS");
+    if (stall)
+        p.cfg.stall_ms = (int)strtol(stall, NULL, 10);
+    inst->target_req = req;
+    inst->target_m = NULL;
+    struct mig_target *t = NULL;
+    struct cella_errors mine = {0};
+    int r = mig_target_start(&p, &t, &mine);
+    inst->target_req = NULL;
+    *m = inst->target_m; /* destroyed by the caller if r < 0 */
+    inst->target_m = NULL;
+    /* Whatever prepare found is the spec's problem (400); the rest is a 500. */
+    bool spec_problem = false;
+    for (size_t i = 0; i < mine.count; i++) {
+        if (mine.items[i].pointer[0])
+            spec_problem = true;
+        cella_err(errs, mine.items[i].code, mine.items[i].pointer, "%s", mine.items[i].message);
+    }
+    cella_errors_clear(&mine);
+    if (r < 0)
+        return spec_problem ? -EINVAL : -EIO;
+    inst->target = t;
+    return 0;
+}
+
+/* Stage 2, on the worker. */
+static void do_migrate_in(struct instance *inst)
+{
+    struct cella_errors errs = {0};
+    int r = inst->target ? mig_target_run(inst->target, &errs) : -EINVAL;
+    mig_target_free(inst->target);
+    inst->target = NULL;
+    if (r == 0) {
+        set_mig_phase(inst, false, MIG_PHASE_FINISH);
+        publish(inst, INSTANCE_RUNNING);
+    } else {
+        set_mig_phase(inst, false, MIG_PHASE_ERROR);
+        char why[CELLA_ERR_MESSAGE_MAX + 32];
+        snprintf(why, sizeof(why), "incoming migration failed: %s",
+                 errs.count ? errs.items[0].message : strerror(-r));
+        fail(inst, why);
+    }
+    cella_errors_clear(&errs);
 }
 
 /* ---- public API ---- */
@@ -422,6 +889,36 @@ static int check_spec(const struct instance_spec *spec, struct cella_errors *err
     return r < 0 ? r : h;
 }
 
+/* An ensure with a complete spec: validate, open backends, build. */
+static int ensure_spec(struct instance *inst, const struct ensure_request *req, struct machine **m,
+                       struct cella_errors *errs)
+{
+    struct instance_spec spec;
+    spec_init(&spec);
+    int r = check_spec(&req->spec, errs);
+    if (r == 0 && (r = spec_copy(&spec, &req->spec)) < 0)
+        cella_err(errs, r, "", "out of memory");
+    if (r < 0)
+        return r;
+    pthread_mutex_lock(&inst->lock);
+    spec_free(&inst->spec);
+    inst->spec = spec;
+    pthread_mutex_unlock(&inst->lock);
+    fill_macs(&inst->spec);
+    if (backend_set_open(&inst->spec, 0, on_backend_event, inst, &inst->backends, errs) < 0)
+        return -EINVAL; /* a backend that cannot be opened is the spec's problem: 400 */
+    r = build_machine(inst, m, errs);
+    /*
+     * A CPUID the host cannot provide is the spec's problem (400);
+     * anything else that stops the build is the server's (500).
+     */
+    if (r < 0)
+        return r == -ENOTSUP ? r : -EIO;
+    if ((r = fill_effective(inst, *m)) < 0)
+        cella_err(errs, r, "", "cannot record the effective CPUID");
+    return r;
+}
+
 int instance_ensure(struct instance *inst, const struct ensure_request *req,
                     struct cella_errors *errs)
 {
@@ -433,39 +930,9 @@ int instance_ensure(struct instance *inst, const struct ensure_request *req,
     inst->initialising = true;
     pthread_mutex_unlock(&inst->lock);
 
-    int r;
     struct machine *m = NULL;
-    struct instance_spec spec;
-    spec_init(&spec);
-    if (req->method != ENSURE_METHOD_SPEC) {
-        r = cella_err(errs, -ENOTSUP, "/init/method",
-                      "MigrationTarget is not supported by this build of cella yet");
-    } else if ((r = check_spec(&req->spec, errs)) == 0 && (r = spec_copy(&spec, &req->spec)) < 0) {
-        cella_err(errs, r, "", "out of memory");
-    }
-    pthread_mutex_lock(&inst->lock);
-    if (r == 0) {
-        spec_free(&inst->spec);
-        inst->spec = spec;
-        spec_init(&spec);
-    }
-    pthread_mutex_unlock(&inst->lock);
-    if (r == 0)
-        fill_macs(&inst->spec);
-    if (r == 0 &&
-        (r = backend_set_open(&inst->spec, on_backend_event, inst, &inst->backends, errs)) < 0)
-        r = -EINVAL; /* a backend that cannot be opened is the spec's problem: 400 */
-    if (r == 0) {
-        r = build_machine(inst, &m, errs);
-        /*
-         * A CPUID the host cannot provide is the spec's problem (400);
-         * anything else that stops the build is the server's (500).
-         */
-        if (r < 0 && r != -ENOTSUP)
-            r = -EIO;
-    }
-    if (r == 0 && (r = fill_effective(inst, m)) < 0)
-        cella_err(errs, r, "", "cannot record the effective CPUID");
+    bool target = req->method == ENSURE_METHOD_MIGRATION_TARGET;
+    int r = target ? ensure_target(inst, req, &m, errs) : ensure_spec(inst, req, &m, errs);
 
     pthread_mutex_lock(&inst->lock);
     inst->initialising = false;
@@ -475,18 +942,27 @@ int instance_ensure(struct instance *inst, const struct ensure_request *req,
     }
     if (r == 0) {
         inst->ensured = true;
-        publish_locked(inst, INSTANCE_CREATING);
+        inst->fail_exports_left = injector(&inst->spec, false);
+        if (target) {
+            inst->mig_in.present = true;
+            snprintf(inst->mig_in.id, sizeof(inst->mig_in.id), "%s", req->migration_id);
+            inst->mig_in.state = mig_phase_name(MIG_PHASE_SYNC);
+        }
+        publish_locked(inst, target ? INSTANCE_MIGRATING : INSTANCE_CREATING);
     } else {
         spec_free(&inst->spec);
     }
     pthread_mutex_unlock(&inst->lock);
-    spec_free(&spec);
     if (r < 0) {
+        mig_target_free(inst->target);
+        inst->target = NULL;
         machine_destroy(m);
         close_backends(inst);
         return r;
     }
     set_machine(inst, m);
+    if (target)
+        enqueue(inst, W_MIGRATE_IN, NULL); /* stage 2 */
     return 0;
 }
 
@@ -501,6 +977,8 @@ static int view_locked(struct instance *inst, struct instance_view *out)
     memset(out, 0, sizeof(*out));
     out->gen = inst->gen;
     out->state = inst->state;
+    out->migration_in = inst->mig_in;
+    out->migration_out = inst->mig_out;
     return instance_properties_copy(&out->properties, &inst->props);
 }
 

@@ -31,6 +31,9 @@ struct instance;
 /* Host facts for every VM this server builds. Strings are copied. */
 struct instance_host {
     struct machine_host boot;
+    /* This server's API address ("ip:port"), told to serial clients of a
+     * migration source so they can follow the VM; may be NULL. */
+    const char *api_addr;
 };
 
 int instance_new(const struct instance_host *host, struct instance **out);
@@ -50,10 +53,18 @@ int instance_ensure(struct instance *inst, const struct ensure_request *req,
                     struct cella_errors *errs);
 
 /* Snapshot of what GET /instance and the monitor report. */
+/* One direction of a live migration, as migration-status reports it. */
+struct instance_migration {
+    bool present;
+    char id[40];       /* the migration id (a UUID) */
+    const char *state; /* MigrationState name: "Sync", "RamPush", ..., "Finish", "Error" */
+};
+
 struct instance_view {
     uint64_t gen;
     enum instance_state state;
     struct instance_properties properties; /* deep copy; free with instance_view_free */
+    struct instance_migration migration_in, migration_out;
 };
 void instance_view_free(struct instance_view *v);
 
@@ -97,5 +108,30 @@ const char *instance_request_name(enum instance_request r);
  * Rebooting only. Pure; policy.c.
  */
 const char *instance_refusal(enum instance_request req, enum instance_state s);
+
+/*
+ * GET /instance/migrate/{id}/start on a migration source: runs the source
+ * side over `sock` (an upgraded websocket; `early` bytes already read)
+ * and returns when the migration ended. Blocking: call it on the
+ * connection's own thread. 0 when the VM moved (the instance is then
+ * Destroyed), -EPERM when the instance is not Running (nothing was sent),
+ * -ENOENT without an instance, -EBUSY when a migration runs, or the
+ * migration's error (the VM runs on here).
+ */
+int instance_migrate_out(struct instance *inst, const char *migration_id, int sock,
+                         const void *early, size_t early_len, struct cella_errors *errs);
+
+/*
+ * Settings for the next outgoing migrations (cella extension): the
+ * downtime budget in ms (1..600000). -ENOENT without an instance.
+ */
+int instance_set_migration_downtime(struct instance *inst, uint32_t downtime_ms);
+
+/*
+ * The last outgoing migration's report (cella extension): blackout, per
+ * phase time/bytes/pages/passes. -ENOENT if there was none. Caller frees
+ * *json with free().
+ */
+int instance_migration_report(struct instance *inst, char **json);
 
 #endif

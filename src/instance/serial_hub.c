@@ -275,6 +275,22 @@ void serial_hub_write(struct serial_hub *h, const uint8_t *buf, size_t len)
     pthread_mutex_unlock(&h->lock);
 }
 
+void serial_hub_restore(struct serial_hub *h, uint64_t offset, const uint8_t *buf, size_t len)
+{
+    pthread_mutex_lock(&h->lock);
+    if (!h->closed) {
+        if (offset > h->total)
+            append(h, NULL, offset - h->total); /* the gap: zeros no one can read */
+        uint64_t skip = h->total - offset > len ? len : h->total - offset;
+        if (offset < h->total)
+            append(h, buf + skip, len - skip);
+        else
+            append(h, buf, len);
+        notify_all(h);
+    }
+    pthread_mutex_unlock(&h->lock);
+}
+
 uint64_t serial_hub_total(struct serial_hub *h)
 {
     pthread_mutex_lock(&h->lock);

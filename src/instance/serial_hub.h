@@ -39,6 +39,14 @@ void serial_hub_free(struct serial_hub *h);
 /* Guest output. Never blocks. vCPU thread. */
 void serial_hub_write(struct serial_hub *h, const uint8_t *buf, size_t len);
 
+/*
+ * History arriving with a migrated VM: bytes for absolute offsets
+ * [offset, offset + len). Bytes before the current total are skipped; a
+ * gap after it (the part between the kept head and tail) is skipped over
+ * as bytes that are no longer kept. Offsets only grow.
+ */
+void serial_hub_restore(struct serial_hub *h, uint64_t offset, const uint8_t *buf, size_t len);
+
 /* Total bytes ever written (= the offset of the next byte). */
 uint64_t serial_hub_total(struct serial_hub *h);
 

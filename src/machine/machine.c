@@ -13,6 +13,7 @@
 
 #include "common/log.h"
 #include "machine/machine_int.h"
+#include "machine/machine_mig.h"
 
 /* Where KVM keeps its real-mode TSS and identity map (as QEMU: below the IOAPIC). */
 #define KVM_IDENTITY_MAP_ADDR 0xfeffc000ull
@@ -163,6 +164,8 @@ int machine_create(const struct instance_spec *spec, const struct machine_host *
     m->cb = *cb;
     m->backends = backends;
     m->irq = (struct irq_sink){.ctx = m, .set_level = kvm_set_irq, .msi = kvm_msi};
+    pthread_mutex_init(&m->run_lock, NULL);
+    pthread_cond_init(&m->run_cond, NULL);
     bus_init(&m->pio, "pio");
     bus_init(&m->mmio, "mmio");
     struct sigaction sa = {.sa_handler = on_kick};
@@ -210,6 +213,7 @@ int machine_start(struct machine *m)
         struct vcpu *v = &m->vcpus[i];
         r = -pthread_create(&v->thread, NULL, vcpu_thread, v);
         v->thread_started = r == 0;
+        m->nthreads += r == 0;
     }
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     m->started = true;
@@ -222,6 +226,10 @@ void machine_stop(struct machine *m)
 {
     atomic_store(&m->stopping, true);
     machine_kick(m);
+    /* Parked vCPUs (machine_pause) wake up, see `stopping` and return. */
+    pthread_mutex_lock(&m->run_lock);
+    pthread_cond_broadcast(&m->run_cond);
+    pthread_mutex_unlock(&m->run_lock);
     for (unsigned i = 0; i < m->ncpus; i++) {
         struct vcpu *v = &m->vcpus[i];
         if (v->thread_started) {
@@ -242,6 +250,7 @@ void machine_destroy(struct machine *m)
         free(m->vcpus);
     }
     machine_devices_destroy(m);
+    machine_mig_free(m);
     if (m->vm_fd >= 0)
         close(m->vm_fd);
     if (m->kvm_fd >= 0)
@@ -249,7 +258,83 @@ void machine_destroy(struct machine *m)
     guest_mem_destroy(&m->mem);
     bus_destroy(&m->pio);
     bus_destroy(&m->mmio);
+    pthread_cond_destroy(&m->run_cond);
+    pthread_mutex_destroy(&m->run_lock);
     free(m);
+}
+
+void machine_vcpu_parked_wait(struct machine *m)
+{
+    pthread_mutex_lock(&m->run_lock);
+    m->parked++;
+    pthread_cond_broadcast(&m->run_cond);
+    while (atomic_load(&m->pausing) && !atomic_load(&m->stopping))
+        pthread_cond_wait(&m->run_cond, &m->run_lock);
+    m->parked--;
+    pthread_mutex_unlock(&m->run_lock);
+}
+
+void machine_vcpu_exited(struct machine *m)
+{
+    pthread_mutex_lock(&m->run_lock);
+    m->exited++;
+    pthread_cond_broadcast(&m->run_cond);
+    pthread_mutex_unlock(&m->run_lock);
+}
+
+/* Parks every vCPU thread (or sees it gone); owner's thread. */
+static void park_vcpus(struct machine *m)
+{
+    pthread_mutex_lock(&m->run_lock);
+    atomic_store(&m->pausing, true);
+    pthread_mutex_unlock(&m->run_lock);
+    machine_kick(m);
+    pthread_mutex_lock(&m->run_lock);
+    while (m->parked + m->exited < m->nthreads)
+        pthread_cond_wait(&m->run_cond, &m->run_lock);
+    pthread_mutex_unlock(&m->run_lock);
+}
+
+static void unpark_vcpus(struct machine *m)
+{
+    pthread_mutex_lock(&m->run_lock);
+    atomic_store(&m->pausing, false);
+    pthread_cond_broadcast(&m->run_cond);
+    pthread_mutex_unlock(&m->run_lock);
+}
+
+int machine_pause(struct machine *m)
+{
+    if (m->paused)
+        return 0;
+    if (m->started)
+        park_vcpus(m);
+    if (!m->devices_quiesced) {
+        int r = machine_devices_quiesce(m);
+        if (r < 0) {
+            if (m->started)
+                unpark_vcpus(m);
+            return r;
+        }
+        m->devices_quiesced = true;
+    }
+    m->paused = true;
+    return 0;
+}
+
+int machine_resume(struct machine *m)
+{
+    if (m->devices_quiesced) {
+        machine_devices_resume(m);
+        m->devices_quiesced = false;
+    }
+    m->paused = false;
+    if (!m->started)
+        return machine_start(m);
+    if (atomic_load(&m->stopping))
+        return -ESHUTDOWN;
+    unpark_vcpus(m);
+    return 0;
 }
 
 size_t machine_serial_input(struct machine *m, unsigned com, const uint8_t *buf, size_t len)

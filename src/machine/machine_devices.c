@@ -747,3 +747,86 @@ size_t machine_devices_serial_input(struct machine *m, unsigned com, const uint8
         return 0;
     return uart_receive(&m->dev->com[com - 1].uart, buf, len);
 }
+
+/* ---- live migration: the devices with state, quiesce/resume, remap ---- */
+
+static void mig_add(struct machine_mig_dev *out, size_t max, size_t *n,
+                    const struct machine_mig_ops *ops, void *dev, const char *id)
+{
+    if (*n < max) {
+        out[*n].ops = ops;
+        out[*n].dev = dev;
+        snprintf(out[*n].id, sizeof(out[*n].id), "%s", id);
+    }
+    (*n)++;
+}
+
+size_t machine_devices_mig_list(struct machine *m, struct machine_mig_dev *out, size_t max)
+{
+    struct machine_devices *d = m->dev;
+    size_t n = 0;
+    if (!d)
+        return 0;
+    for (unsigned i = 0; i < 4; i++) {
+        char id[8];
+        snprintf(id, sizeof(id), "com%u", i + 1);
+        if (d->com[i].present)
+            mig_add(out, max, &n, &machine_mig_uart_ops, &d->com[i].uart, id);
+    }
+    if (d->cmos_ok)
+        mig_add(out, max, &n, &machine_mig_cmos_ops, &d->cmos, "0");
+    if (d->pm_ok)
+        mig_add(out, max, &n, &machine_mig_pm_ops, &d->pm, "0");
+    mig_add(out, max, &n, &machine_mig_i8042_ops, &d->i8042, "0");
+    if (d->has_pvpanic)
+        mig_add(out, max, &n, &machine_mig_pvpanic_ops, &d->pvpanic, "0");
+    if (d->fw.fw_ok)
+        mig_add(out, max, &n, &machine_mig_fw_cfg_ops, &d->fw.fw, "0");
+    /* Every function's config space (chipset, bridges, devices) before the devices. */
+    for (unsigned bus = 0; d->pci_ok && bus < 256; bus++) {
+        const struct pci_bus *b = d->pci.buses[bus];
+        for (unsigned dev = 0; b && dev < 32; dev++) {
+            for (unsigned fn = 0; fn < 8; fn++) {
+                char id[16];
+                snprintf(id, sizeof(id), "%u.%u.%u", bus, dev, fn);
+                if (b->slots[dev][fn])
+                    mig_add(out, max, &n, &machine_mig_pci_config_ops, b->slots[dev][fn], id);
+            }
+        }
+    }
+    struct pci_devs *pd = &d->pd;
+    for (size_t i = 0; i < pd->nblk; i++)
+        mig_add(out, max, &n, &machine_mig_virtio_blk_ops, virtio_blk_pci(pd->blk[i]),
+                virtio_blk_pci(pd->blk[i])->func.name);
+    for (size_t i = 0; i < pd->nnet; i++)
+        mig_add(out, max, &n, &machine_mig_virtio_net_ops, virtio_net_pci(pd->net[i]),
+                virtio_net_pci(pd->net[i])->func.name);
+    for (size_t i = 0; i < pd->nnvme; i++)
+        mig_add(out, max, &n, &machine_mig_nvme_ops, pd->nvme[i], nvme_pci_func(pd->nvme[i])->name);
+    return n;
+}
+
+int machine_devices_quiesce(struct machine *m)
+{
+    struct pci_devs *pd = &m->dev->pd;
+    for (size_t k = 0; k < pd->nvdev; k++)
+        virtio_pci_quiesce(pd->vdev[k].vp);
+    for (size_t i = 0; i < pd->nnvme; i++)
+        nvme_quiesce(pd->nvme[i]);
+    return 0;
+}
+
+void machine_devices_resume(struct machine *m)
+{
+    struct pci_devs *pd = &m->dev->pd;
+    for (size_t k = 0; k < pd->nvdev; k++)
+        virtio_pci_resume(pd->vdev[k].vp);
+    for (size_t i = 0; i < pd->nnvme; i++)
+        nvme_resume(pd->nvme[i]);
+}
+
+void machine_devices_remap(struct machine *m)
+{
+    if (m->dev && m->dev->pci_ok)
+        pci_topology_remap_all(&m->dev->pci);
+}

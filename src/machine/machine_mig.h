@@ -69,10 +69,16 @@ struct guest_mem *machine_guest_mem(struct machine *m);
  * a page's bit is re-armed only when the sender clears it just before
  * reading the page) merged with the devices' marks (guest_mem_dirty).
  * Bitmaps have one bit per 4 KiB page in memfd order (mem->size / 4096
- * bits). start: tracking on, nothing dirty (the caller's first pass sends
- * everything). fetch: ORs the pages dirtied since they were last cleared
- * into `out`. clear: re-arms tracking for the pages set in `bits` (call
- * right before reading those pages to send them). stop: tracking off.
+ * bits). start: tracking on, every page counts as dirty (with
+ * KVM_DIRTY_LOG_INITIALLY_SET KVM's bitmap starts all ones and pages are
+ * write-protected only as they are cleared, so huge pages are not split
+ * up front; without it the first fetch reports every page itself).
+ * fetch: ORs the pages dirtied since they were last cleared into `out`;
+ * the first fetch after start reports all of RAM. clear: re-arms tracking
+ * for the pages set in `bits` (call right before reading those pages to
+ * send them; a no-op on a KVM without manual protection, where fetch
+ * re-arms). A pass is fetch, clear, copy. stop: tracking off. A machine
+ * must be paused before the final pass: fetch then sees every write.
  */
 int machine_dirty_start(struct machine *m);
 int machine_dirty_fetch(struct machine *m, uint64_t *out);

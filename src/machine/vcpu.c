@@ -216,6 +216,35 @@ static bool handle_exit(struct vcpu *v)
     }
 }
 
+/*
+ * Parks the thread while the machine is pausing. First the exit in
+ * progress is completed: KVM finishes an I/O or MMIO read only on the
+ * next KVM_RUN, and that state is invisible to KVM_GET_* (so it would be
+ * lost by a migration). KVM_RUN with immediate_exit set completes it and
+ * returns EINTR without running the guest. Returns false when the thread
+ * must end.
+ */
+static bool vcpu_park(struct vcpu *v)
+{
+    for (;;) {
+        __atomic_store_n(&v->run->immediate_exit, 1, __ATOMIC_SEQ_CST);
+        int r = ioctl(v->fd, KVM_RUN, 0);
+        int e = errno;
+        __atomic_store_n(&v->run->immediate_exit, 0, __ATOMIC_SEQ_CST);
+        if (r < 0 && (e == EINTR || e == EAGAIN))
+            break;
+        if (r < 0) {
+            machine_eventf(v->m, MACHINE_EV_FAILURE, "vCPU %u: KVM_RUN failed: %s", v->index,
+                           strerror(e));
+            return false;
+        }
+        if (!handle_exit(v)) /* completing it needed another exit (string I/O) */
+            return false;
+    }
+    machine_vcpu_parked_wait(v->m);
+    return true;
+}
+
 void *vcpu_thread(void *arg)
 {
     struct vcpu *v = arg;
@@ -225,6 +254,11 @@ void *vcpu_thread(void *arg)
     sigaddset(&set, MACHINE_KICK_SIGNAL);
     pthread_sigmask(SIG_UNBLOCK, &set, NULL);
     while (!atomic_load(&m->stopping)) {
+        if (atomic_load(&m->pausing)) {
+            if (!vcpu_park(v))
+                break;
+            continue;
+        }
         if (ioctl(v->fd, KVM_RUN, 0) < 0) {
             if (errno == EINTR || errno == EAGAIN) {
                 v->run->immediate_exit = 0;
@@ -237,5 +271,6 @@ void *vcpu_thread(void *arg)
         if (!handle_exit(v))
             break;
     }
+    machine_vcpu_exited(m);
     return NULL;
 }

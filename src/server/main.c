@@ -115,6 +115,10 @@ int main(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    char api_addr[80];
+    snprintf(api_addr, sizeof(api_addr), strchr(addr, ':') ? "[%s]:%u" : "%s:%u", addr,
+             (unsigned)port);
+    host.api_addr = api_addr;
     struct instance *inst;
     int r = instance_new(&host, &inst);
     if (r < 0) {

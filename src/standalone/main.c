@@ -229,7 +229,7 @@ static int run(struct standalone *s, const struct instance_spec *spec,
                const struct machine_host *host)
 {
     struct cella_errors errs = {0};
-    if (backend_set_open(spec, on_backend_event, s, &s->backends, &errs) < 0) {
+    if (backend_set_open(spec, 0, on_backend_event, s, &s->backends, &errs) < 0) {
         cella_errors_sort(&errs);
         fprintf(stderr, "cella-standalone: cannot open the backends:\n");
         cella_errors_print(&errs, stderr);

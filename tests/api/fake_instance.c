@@ -179,8 +179,8 @@ int instance_ensure(struct instance *in, const struct ensure_request *req,
     if (exists)
         return cella_err(errs, -EEXIST, "", "an instance already exists on this server");
     if (req->method == ENSURE_METHOD_MIGRATION_TARGET)
-        return cella_err(errs, -ENOTSUP, "",
-                         "this server cannot be a migration target yet (fake instance)");
+        return cella_err(errs, -EINVAL, "/init/value/src_addr",
+                         "cannot reach the migration source at %s (fake instance)", req->src_addr);
     if (spec_validate(&req->spec, errs) < 0)
         return -EINVAL;
     if (spec_check_host_support(&req->spec, errs) < 0)
@@ -343,4 +343,31 @@ const char *instance_request_name(enum instance_request r)
         return "Reboot";
     }
     return "unknown";
+}
+
+int instance_migrate_out(struct instance *in, const char *migration_id, int sock, const void *early,
+                         size_t early_len, struct cella_errors *errs)
+{
+    (void)in;
+    (void)migration_id;
+    (void)sock;
+    (void)early;
+    (void)early_len;
+    return cella_err(errs, -EPERM, "", "the fake instance cannot migrate");
+}
+
+int instance_migration_report(struct instance *in, char **json)
+{
+    (void)in;
+    *json = NULL;
+    return -ENOENT;
+}
+
+int instance_set_migration_downtime(struct instance *in, uint32_t downtime_ms)
+{
+    (void)downtime_ms;
+    pthread_mutex_lock(&in->lock);
+    bool exists = in->exists;
+    pthread_mutex_unlock(&in->lock);
+    return exists ? 0 : -ENOENT;
 }

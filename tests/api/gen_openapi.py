@@ -42,12 +42,17 @@ OPERATIONS = {
     ("/instance", "put"): (
         "Creates the VM from `init`. Spec: validated (every problem is reported in one 400, "
         "each line naming the JSON pointer of the field in the request body), then built; "
-        "201 once the VM objects exist (state Creating). MigrationTarget is not supported "
-        "yet (501). Body limit 96 MiB (blob backends).",
-        {"201": "created", "400": "malformed JSON, unknown field, invalid spec, or a kind this "
-         "host cannot provide", "409": "the server already has an instance (error_code "
-         "AlreadyInitialized)", "500": "the VM could not be built (error_code CreateFailed)",
-         "501": "init method MigrationTarget"}),
+        "201 once the VM objects exist (state Creating). MigrationTarget: connects to the "
+        "source, receives its spec, applies replace_components (backends and the failure "
+        "injector only), proves the guest sees no difference, checks this host and builds "
+        "the VM (backends probed, opened only when the guest is about to run); 201 then, "
+        "state Migrating until the migration ends (docs/migration.md). Body limit 96 MiB "
+        "(blob backends).",
+        {"201": "created", "400": "malformed JSON, unknown field, invalid spec, a kind this "
+         "host cannot provide, or (MigrationTarget) a replacement or source spec that cannot "
+         "be used here", "409": "the server already has an instance (error_code "
+         "AlreadyInitialized)", "500": "the VM could not be built, or the migration source "
+         "could not be reached (error_code CreateFailed)"}),
     ("/instance", "get"): ("The instance's properties and state.", {"200": "ok", "424": NO_INSTANCE}),
     ("/instance/spec", "get"): (
         "The effective spec: defaults the server filled in (e.g. CPUID) included.",
@@ -64,7 +69,8 @@ OPERATIONS = {
          "and will never reach `gen`", "424": NO_INSTANCE,
          "503": "the server is shutting down"}),
     ("/instance/migration-status", "get"): (
-        "Both fields are null until cella supports live migration.",
+        "The incoming and outgoing migrations of this instance, each null or {id, state} "
+        "(Sync, RamPush, Pause, RamPushDirty, Device, Resume, RamPull, Server, Finish, Error).",
         {"200": "ok", "424": NO_INSTANCE}),
     ("/instance/nmi", "post"): (
         "Injects an NMI into the guest.",
@@ -85,8 +91,57 @@ OPERATIONS = {
          "no longer kept", "424": NO_INSTANCE, "426": "Sec-WebSocket-Version is not 13",
          "503": "too many console clients (64)"}),
     ("/instance/migrate/{migration_id}/start", "get"): (
-        "Not supported yet: 501 once an instance exists.",
-        {"400": "migration_id is not a UUID", "424": NO_INSTANCE, "501": "not supported yet"}),
+        "Websocket for a migration target: the source side of a live migration of this "
+        "instance runs over it (docs/migration.md). Only a Running instance migrates.",
+        {"101": "switching protocols", "400": "migration_id is not a UUID, or not a websocket "
+         "request", "409": "the instance is not Running, or a migration runs",
+         "424": NO_INSTANCE, "426": "Sec-WebSocket-Version is not 13"}),
+}
+
+# cella's own endpoints (not in Propolis's document).
+CELLA_PATHS = {
+    "/instance/migration-settings": {"put": {
+        "operationId": "instance_migration_settings_put",
+        "summary": "cella: settings for this instance's next outgoing live migrations",
+        "description": "downtime_ms: the budget for the paused part of a migration (the "
+                       "source pauses once its predicted final pass fits it; default 300).",
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {
+            "type": "object", "x-cella": True, "required": ["downtime_ms"],
+            "additionalProperties": False,
+            "properties": {"downtime_ms": {"type": "integer", "minimum": 1,
+                                           "maximum": 600000}}}}}},
+        "responses": {"204": {"description": "set"},
+                      "4XX": {"$ref": "#/components/responses/Error"},
+                      "5XX": {"$ref": "#/components/responses/Error"}},
+        "x-cella": True,
+        "x-cella-status-codes": {"204": "set", "400": "not {\"downtime_ms\": 1..600000}",
+                                 "424": NO_INSTANCE}}},
+    "/instance/migration-report": {"get": {
+        "operationId": "instance_migration_report",
+        "summary": "cella: the last outgoing live migration's report",
+        "description": "Outcome, blackout time (source paused until the target committed), "
+                       "pre-copy passes and why they ended, and per phase the time, bytes, "
+                       "pages (zero pages among them) and passes.",
+        "responses": {"200": {"description": "the report", "content": {"application/json": {
+            "schema": {"type": "object", "x-cella": True, "required": [
+                "migration_id", "outcome", "blackout_ms", "total_ms", "passes", "phases"],
+                "properties": {
+                    "migration_id": {"type": "string"}, "outcome": {"type": "string"},
+                    "blackout_ms": {"type": "number"}, "total_ms": {"type": "number"},
+                    "passes": {"type": "integer"}, "converged": {"type": "boolean"},
+                    "precopy_end": {"type": "string"}, "bandwidth_bps": {"type": "integer"},
+                    "predicted_downtime_ms": {"type": "integer"},
+                    "final_dirty_pages": {"type": "integer"}, "error": {"type": "string"},
+                    "phases": {"type": "object", "additionalProperties": {
+                        "type": "object", "properties": {
+                            "ms": {"type": "number"}, "bytes": {"type": "integer"},
+                            "pages": {"type": "integer"}, "zero_pages": {"type": "integer"},
+                            "passes": {"type": "integer"}}}}}}}}},
+            "4XX": {"$ref": "#/components/responses/Error"},
+            "5XX": {"$ref": "#/components/responses/Error"}},
+        "x-cella": True,
+        "x-cella-status-codes": {"200": "ok", "404": "no outgoing migration has run",
+                                 "424": NO_INSTANCE}}},
 }
 
 NBD = {
@@ -167,6 +222,7 @@ def build(reference):
     doc["info"]["contact"] = {"name": "cella"}
     for p in DROPPED_PATHS:
         doc["paths"].pop(p)
+    doc["paths"].update(CELLA_PATHS)
     for (path, method), (desc, codes) in OPERATIONS.items():
         op = doc["paths"][path][method]
         op["description"] = desc

@@ -130,12 +130,12 @@ def test_ensure_cella_only_spec_accepted(api):
     assert got["nvme0"]["component"]["string_pad"] == 0
 
 
-def test_ensure_migration_target_is_501(api):
+def test_ensure_migration_target_failure_is_400_and_leaves_no_instance(api):
     body = {"properties": properties(), "init": {"method": "MigrationTarget", "value": {
         "migration_id": MIGRATION_ID, "src_addr": "[::1]:12400", "replace_components": {
             "root": {"component": "VirtioNetworkBackend", "spec": {"vnic_name": "tap1"}}}}}}
-    r = api.put("/instance", json=body, expect=501)
-    assert "migration" in message(r).lower()
+    r = api.put("/instance", json=body, expect=400)
+    assert "/init/value/src_addr" in message(r) and "[::1]:12400" in message(r)
     api.get("/instance", expect=424)
 
 
@@ -411,12 +411,34 @@ def test_nmi(server, api):
     assert server.cmd("nmi") == "2"
 
 
-def test_migrate_start(api):
+def test_migrate_start_refusals(api):
+    api.get(f"/instance/migrate/{MIGRATION_ID}/start", expect=424)
     api.get("/instance/migrate/not-a-uuid/start", expect=400)
     api.get("/instance/migrate/" + "a" * 200 + "/start", expect=400)
     api.ensure()
-    r = api.get(f"/instance/migrate/{MIGRATION_ID}/start", expect=501)
-    assert "not supported" in message(r)
+    # Only a Running instance migrates.
+    r = api.get(f"/instance/migrate/{MIGRATION_ID}/start", expect=409)
+    assert "Creating" in message(r)
+    api.put("/instance/state", json="Run", expect=204)
+    # It is a websocket: a plain GET is refused before anything starts.
+    r = api.get(f"/instance/migrate/{MIGRATION_ID}/start", expect=400)
+    assert "websocket" in message(r)
+
+
+def test_migration_settings(api):
+    api.put("/instance/migration-settings", json={"downtime_ms": 100}, expect=424)
+    api.ensure()
+    api.cella_only = True
+    api.put("/instance/migration-settings", json={"downtime_ms": 100}, expect=204)
+    for bad in ({"downtime_ms": 0}, {"downtime_ms": 700000}, {"downtime": 5}, {}):
+        api.put("/instance/migration-settings", json=bad, expect=400)
+
+
+def test_migration_report_before_any_migration(api):
+    api.get("/instance/migration-report", expect=424)
+    api.ensure()
+    r = api.get("/instance/migration-report", expect=404)
+    assert "no outgoing migration" in message(r)
 
 
 # ---- request ids, logs, robustness ----

@@ -80,8 +80,12 @@ def test_shared_schemas_are_propolis_schemas():
 @needs_reference
 def test_paths_are_propolis_paths_minus_crucible():
     ref = PROPOLIS_DOC.doc["paths"]
-    ours = CELLA_DOC.doc["paths"]
+    ours = {p: ops for p, ops in CELLA_DOC.doc["paths"].items()
+            if not all(op.get("x-cella") for op in ops.values())}
     assert set(ours) == {p for p in ref if not p.startswith("/instance/disk/")}
+    extensions = set(CELLA_DOC.doc["paths"]) - set(ours)
+    assert extensions == {"/instance/migration-report", "/instance/migration-settings"}, \
+        extensions
     for path, ops in ours.items():
         assert set(ops) == set(ref[path])
         for method, op in ops.items():
@@ -95,6 +99,7 @@ def test_every_documented_operation_is_routed(server, api):
         concrete = path.replace("{migration_id}", "0d6b8a4e-5f44-4b8a-9f4f-2c3b1e0f7a10")
         for method in ops:
             r = api.call(method.upper(), concrete, check=False, data=b"{}")
-            assert r.status_code not in (404, 405), (method, path, r.status_code)
             documented = set(ops[method]["x-cella-status-codes"])
+            if "404" not in documented:
+                assert r.status_code not in (404, 405), (method, path, r.status_code)
             assert str(r.status_code) in documented, (method, path, r.status_code)

@@ -91,9 +91,11 @@ def test_migration_target(real):
     api = Api(real)
     body = {"properties": properties(), "init": {"method": "MigrationTarget", "value": {
         "migration_id": MIGRATION_ID, "src_addr": "127.0.0.1:1", "replace_components": {}}}}
-    r = api.put("/instance", json=body, expect=501)
-    assert "/init/method" in r.json()["message"]
-    assert "/init/value/init" not in r.json()["message"]
+    # An unreachable source is the request's problem: 400 naming src_addr.
+    r = api.put("/instance", json=body, expect=400)
+    assert "/init/value/src_addr" in r.json()["message"], r.text
+    assert "127.0.0.1:1" in r.json()["message"], r.text
+    api.get("/instance", expect=424)
 
 
 def test_vm_that_cannot_be_built(real):

@@ -133,7 +133,7 @@ def free_port():
 class Server:
     """A cella-server process on loopback, driven over HTTP."""
 
-    def __init__(self, kit, tmp_path, firmware=False):
+    def __init__(self, kit, tmp_path, firmware=False, env=None):
         import time
         import requests
         self.port = free_port()
@@ -144,8 +144,10 @@ class Server:
             argv += ["--bootrom", SEABIOS, "--linuxboot-rom", LINUXBOOT]
         argv += ["--kernel", kit["GUEST_BZIMAGE"], "--initrd", kit["GUEST_INITRAMFS"],
                  "--cmdline", kit["GUEST_CMDLINE"]]
-        self.log = open(tmp_path / "server.log", "w")
-        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
+        self.log_path = tmp_path / f"server-{self.port}.log"
+        self.log = open(self.log_path, "w")
+        penv = dict(os.environ, **(env or {}))
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=penv)
         self.http = requests.Session()
         deadline = time.monotonic() + 20
         while True:
