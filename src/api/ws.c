@@ -216,6 +216,7 @@ static void queue_msg(struct ws *w, uint8_t opcode, const uint8_t *p, size_t len
             w->closing = true;
             w->close_deadline = api_now_ms() + WS_CLOSE_GRACE_MS;
         }
+        w->close_queued = true; /* wslay's own close (or the client's) is under way */
         return;
     }
     if (opcode == WSLAY_BINARY_FRAME)

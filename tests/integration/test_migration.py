@@ -6,6 +6,7 @@ import os
 import subprocess
 import time
 
+import pytest
 import websocket
 
 from conftest import BUILD, copy_file, e2fsck_clean, debugfs_read, ensure_body, spec_from_toml
@@ -119,8 +120,34 @@ def counter(con):
     return int(con.check("cat /tmp/cnt")[-1])
 
 
-def test_migrate_running_guest_with_disks(server, kit, tmp_path):
-    vd, nv, cfg = disk_config(tmp_path, kit)
+def sh(*argv):
+    subprocess.run(argv, check=True, capture_output=True)
+
+
+@pytest.fixture
+def taps():
+    """Two taps: the source's NIC uses mtapa, the target's (by replacement)
+    mtapb, which has the host address 10.78.0.1/24."""
+    subprocess.run(["modprobe", "tun"], capture_output=True)
+    made = []
+    try:
+        for t in ("mtapa", "mtapb"):
+            sh("ip", "tuntap", "add", "dev", t, "mode", "tap")
+            made.append(t)
+            sh("ip", "link", "set", t, "up")
+        sh("ip", "addr", "add", "10.78.0.1/24", "dev", "mtapb")
+        yield
+    finally:
+        for t in made:
+            subprocess.run(["ip", "tuntap", "del", "dev", t, "mode", "tap"], capture_output=True)
+
+
+NIC = ('[dev.net0]\ndriver = "pci-virtio-viona"\nvnic = "mtapa"\npci-path = "0.6.0"\n'
+       'mac = "02:08:20:00:00:42"\n')
+
+
+def test_migrate_running_guest_with_disks_and_nic(server, kit, tmp_path, taps):
+    vd, nv, cfg = disk_config(tmp_path, kit, extra=NIC)
     src, con = start_vm(server, tmp_path, cfg)
     con.check("mkdir -p /mnt/a /mnt/b && mount /dev/vda /mnt/a && mount /dev/nvme0n1 /mnt/b")
     con.check("echo before > /mnt/a/before && echo before > /mnt/b/before && sync")
@@ -128,8 +155,12 @@ def test_migrate_running_guest_with_disks(server, kit, tmp_path):
     con.check("memtouch loop 32 7 >/dev/null 2>&1 &")
     memtouch_ready(con)
     c0 = counter(con)
+    con.check("ip link set eth0 up && ip addr add 10.78.0.2/24 dev eth0")
+    nic = tmp_path / "nic.json"
+    nic.write_text(json.dumps({"component": "VirtioNetworkBackend",
+                               "spec": {"vnic_name": "mtapb"}}))
     dst = server()
-    p = migrate(src, dst)
+    p = migrate(src, dst, f"net0-backend={nic}")
     assert "blackout" in p.stdout, p.stdout
     # The source is gone, and told its console clients where the VM went.
     wait_state(src, "Destroyed", 30)
@@ -146,6 +177,9 @@ def test_migrate_running_guest_with_disks(server, kit, tmp_path):
     c2 = counter(con2)
     assert c0 < c1 < c2, (c0, c1, c2)
     con2.check("memtouch check")
+    # The NIC works on the target's tap.
+    con2.check("ping -c 2 -W 5 10.78.0.1")
+    assert con2.check("cat /sys/class/net/eth0/address")[-1] == "02:08:20:00:00:42"
     con2.check("cat /mnt/a/before /mnt/b/before")
     con2.check("cd /mnt/a && sha256sum -c SHA256SUMS >/dev/null && cd /mnt/b && "
                "sha256sum -c SHA256SUMS >/dev/null")
@@ -239,8 +273,11 @@ def test_replacing_a_device_is_refused_before_any_vm(server, kit, tmp_path):
 
 
 def test_failure_injector_then_retry(server, kit, tmp_path):
+    """fail_exports (once) fails the first migration at the source; then
+    fail_imports fails at the target until a replacement clears it."""
     cfg = ("[main]\ncpus = 1\nmemory = 256\n"
-           "[dev.inject]\ndriver = \"migration-failure-injector\"\nfail_exports = 1\n")
+           "[dev.inject]\ndriver = \"migration-failure-injector\"\nfail_exports = 1\n"
+           "fail_imports = 1\n")
     src, con = start_vm(server, tmp_path, cfg)
     con.check(COUNTER)
     dst = server()
@@ -254,10 +291,22 @@ def test_failure_injector_then_retry(server, kit, tmp_path):
     c0 = counter(con)
     time.sleep(0.3)
     assert counter(con) > c0, "the source resumed"
-    con.close()
+    # The import side fails too, as long as the injector says so ...
     dst2 = server()
-    migrate(src, dst2)
-    wait_state(dst2, "Running", 30)
+    p = migrate(src, dst2, check=False)
+    assert p.returncode != 0
+    assert state(src) == "Running"
+    # ... and a replacement of the injector lets the migration through.
+    inj = tmp_path / "inj.json"
+    inj.write_text(json.dumps({"component": "MigrationFailureInjector",
+                               "spec": {"fail_exports": 0, "fail_imports": 0}}))
+    con.close()
+    dst3 = server()
+    migrate(src, dst3, f"inject={inj}")
+    wait_state(dst3, "Running", 30)
+    c = Console(dst3, "?most_recent=0")
+    assert counter(c) > c0
+    c.close()
 
 
 def test_target_killed_during_ram_transfer(server, kit, tmp_path):
@@ -295,3 +344,105 @@ def test_target_killed_during_ram_transfer(server, kit, tmp_path):
     c = Console(dst2, "?most_recent=0")
     c.check("memtouch check")
     c.close()
+
+
+class Proxy:
+    """A TCP proxy to the source that can stop forwarding (a cut link that
+    stays open: nothing moves, nothing is closed)."""
+
+    def __init__(self, port):
+        import socket
+        import threading
+        self.port_to = port
+        self.ls = socket.socket()
+        self.ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.ls.bind(("127.0.0.1", 0))
+        self.ls.listen(16)
+        self.port = self.ls.getsockname()[1]
+        self.frozen = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import socket
+        import threading
+        while True:
+            try:
+                c, _ = self.ls.accept()
+            except OSError:
+                return
+            u = socket.create_connection(("127.0.0.1", self.port_to))
+            for a, b in ((c, u), (u, c)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, a, b):
+        while True:
+            try:
+                data = a.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            while self.frozen.is_set():
+                time.sleep(0.1)
+            try:
+                b.sendall(data)
+            except OSError:
+                return
+
+
+def test_link_cut_times_out_and_the_source_runs_on(server, kit, tmp_path):
+    env = {"CELLA_MIGRATE_STALL_MS": "3000"}
+    src, con = start_vm(server, tmp_path, "[main]\ncpus = 1\nmemory = 512\n", env=env)
+    con.check(COUNTER)
+    con.check("memtouch loop 96 5 >/dev/null 2>&1 &")
+    memtouch_ready(con)
+    proxy = Proxy(src.port)
+    dst = server(env=env)
+    proc = subprocess.Popen([CELLA, "migrate", "--from", f"127.0.0.1:{proxy.port}", "--to",
+                             f"127.0.0.1:{dst.port}", "--timeout", "120"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        out = src.get("/instance/migration-status").json().get("migration_out")
+        if out and out["state"] == "RamPush":
+            break
+        time.sleep(0.02)
+    proxy.frozen.set()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (state(src) != "Running" or
+                                           state(dst) not in ("Failed", None)):
+        time.sleep(0.2)
+    assert state(src) == "Running"
+    assert state(dst) in ("Failed", None)
+    proc.kill()
+    proc.wait()
+    c0 = counter(con)
+    time.sleep(0.3)
+    assert counter(con) > c0
+    con.check("memtouch check")
+    con.close()
+
+
+def test_source_killed_target_never_runs(server, kit, tmp_path):
+    env = {"CELLA_MIGRATE_STALL_MS": "3000"}
+    src, con = start_vm(server, tmp_path, "[main]\ncpus = 1\nmemory = 512\n", env=env)
+    con.check("memtouch loop 96 9 >/dev/null 2>&1 &")
+    memtouch_ready(con)
+    dst = server(env=env)
+    proc = subprocess.Popen([CELLA, "migrate", "--from", f"127.0.0.1:{src.port}", "--to",
+                             f"127.0.0.1:{dst.port}", "--timeout", "120"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        out = src.get("/instance/migration-status").json().get("migration_out")
+        if out and out["state"] == "RamPush":
+            break
+        time.sleep(0.02)
+    src.proc.kill()
+    proc.wait(120)
+    assert proc.returncode != 0
+    deadline = time.monotonic() + 60
+    while state(dst) not in ("Failed", None) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert state(dst) in ("Failed", None), "the target must never run a half-copied guest"
+    con.close()
