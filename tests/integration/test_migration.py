@@ -201,8 +201,8 @@ def test_memory_integrity_under_dirtying(server, kit, tmp_path):
     """Like QEMU's migration test: a guest program bumps a counter in every
     page of a large buffer during the migration; the checker afterwards
     finds every page consistent (no lost update)."""
-    src, con = start_vm(server, tmp_path, "[main]\ncpus = 2\nmemory = 512\n")
-    con.check("memtouch loop 160 11 >/dev/null 2>&1 &")
+    src, con = start_vm(server, tmp_path, "[main]\ncpus = 2\nmemory = 384\n")
+    con.check("memtouch loop 64 11 >/dev/null 2>&1 &")
     memtouch_ready(con)
     dst = server()
     migrate(src, dst)
@@ -220,7 +220,7 @@ def test_memory_integrity_under_dirtying(server, kit, tmp_path):
 
 def test_ping_pong(server, kit, tmp_path):
     """Ten migrations back and forth; the counter and the console follow."""
-    src, con = start_vm(server, tmp_path, "[main]\ncpus = 1\nmemory = 192\n")
+    src, con = start_vm(server, tmp_path, "[main]\ncpus = 1\nmemory = 128\n")
     con.check(COUNTER)
     con.close()
     last = 0
@@ -275,7 +275,7 @@ def test_replacing_a_device_is_refused_before_any_vm(server, kit, tmp_path):
 def test_failure_injector_then_retry(server, kit, tmp_path):
     """fail_exports (once) fails the first migration at the source; then
     fail_imports fails at the target until a replacement clears it."""
-    cfg = ("[main]\ncpus = 1\nmemory = 256\n"
+    cfg = ("[main]\ncpus = 1\nmemory = 160\n"
            "[dev.inject]\ndriver = \"migration-failure-injector\"\nfail_exports = 1\n"
            "fail_imports = 1\n")
     src, con = start_vm(server, tmp_path, cfg)
@@ -310,9 +310,9 @@ def test_failure_injector_then_retry(server, kit, tmp_path):
 
 
 def test_target_killed_during_ram_transfer(server, kit, tmp_path):
-    src, con = start_vm(server, tmp_path, "[main]\ncpus = 1\nmemory = 512\n")
+    src, con = start_vm(server, tmp_path, "[main]\ncpus = 1\nmemory = 384\n")
     con.check(COUNTER)
-    con.check("memtouch loop 160 3 >/dev/null 2>&1 &")
+    con.check("memtouch loop 96 3 >/dev/null 2>&1 &")
     memtouch_ready(con)
     dst = server()
     proc = subprocess.Popen([CELLA, "migrate", "--from", f"127.0.0.1:{src.port}", "--to",
@@ -392,9 +392,9 @@ class Proxy:
 
 def test_link_cut_times_out_and_the_source_runs_on(server, kit, tmp_path):
     env = {"CELLA_MIGRATE_STALL_MS": "3000"}
-    src, con = start_vm(server, tmp_path, "[main]\ncpus = 1\nmemory = 512\n", env=env)
+    src, con = start_vm(server, tmp_path, "[main]\ncpus = 1\nmemory = 256\n", env=env)
     con.check(COUNTER)
-    con.check("memtouch loop 96 5 >/dev/null 2>&1 &")
+    con.check("memtouch loop 48 5 >/dev/null 2>&1 &")
     memtouch_ready(con)
     proxy = Proxy(src.port)
     dst = server(env=env)
@@ -425,8 +425,8 @@ def test_link_cut_times_out_and_the_source_runs_on(server, kit, tmp_path):
 
 def test_source_killed_target_never_runs(server, kit, tmp_path):
     env = {"CELLA_MIGRATE_STALL_MS": "3000"}
-    src, con = start_vm(server, tmp_path, "[main]\ncpus = 1\nmemory = 512\n", env=env)
-    con.check("memtouch loop 96 9 >/dev/null 2>&1 &")
+    src, con = start_vm(server, tmp_path, "[main]\ncpus = 1\nmemory = 256\n", env=env)
+    con.check("memtouch loop 48 9 >/dev/null 2>&1 &")
     memtouch_ready(con)
     dst = server(env=env)
     proc = subprocess.Popen([CELLA, "migrate", "--from", f"127.0.0.1:{src.port}", "--to",
