@@ -351,7 +351,7 @@ static uint64_t popcount(const uint64_t *bits, size_t nwords)
 }
 
 /*
- * Pre-copy. Pass 1 sends every page; each later pass re-arms the dirty
+ * Pre-copy. Pass 1 sends every page; each pass re-arms the dirty
  * log for the pages it is about to send (so a page written while it is
  * being sent is sent again) and sends what the log reported. After each
  * pass the link's bandwidth is estimated from that pass (bytes on the wire
@@ -376,7 +376,8 @@ static int precopy(struct src *x)
     x->tracking = true;
     memset(x->bits, 0xff, x->nwords * 8);
     for (uint32_t pass = 1;; pass++) {
-        if (pass > 1 && (r = x->vm->dirty_clear(x->p->vm, x->bits)) < 0)
+        /* Pass 1 too: the log starts with every page dirty (initially set). */
+        if ((r = x->vm->dirty_clear(x->p->vm, x->bits)) < 0)
             return cella_err(x->errs, r, "", "migration: cannot re-arm dirty tracking: %s",
                              strerror(-r));
         uint64_t t = now_us();
