@@ -416,11 +416,16 @@ def run_cella(a, kit, scenario, seed):
                 "bandwidth_MiBps": report.get("bandwidth_bps", 0) / MIB,
                 "phases": phases, "loop_rate": rate, "check": check}
     finally:
-        for c in cons:
-            c.close()
-        for pr in procs:
-            reap(pr)
-        shutil.rmtree(tmp, ignore_errors=True)
+        cleanup(cons, procs, tmp)
+
+
+def cleanup(consoles, procs, tmp):
+    """Closes consoles, reaps the processes a run started, removes its files."""
+    for c in consoles:
+        c.close()
+    for pr in procs:
+        reap(pr)
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------
@@ -529,11 +534,7 @@ def run_qemu(a, kit, scenario, seed, fast):
                     within_budget=info.get("downtime", 1e9) <= params.get("downtime-limit", 300),
                     check=check)
     finally:
-        for c in closers:
-            c.close()
-        for pr in procs:
-            reap(pr)
-        shutil.rmtree(tmp, ignore_errors=True)
+        cleanup(closers, procs, tmp)
 
 
 # ----------------------------------------------------------------------------
