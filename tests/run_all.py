@@ -133,7 +133,7 @@ def script_suite(name, cmd):
 def integration_suite():
     """Real guests on real KVM, through the test host (tests/integration/run)."""
     rc, out = run(["bash", "tests/integration/run"],
-                  env={"CELLA_BUILD_DIR": os.path.join(ROOT, "build")}, timeout=2400)
+                  env={"CELLA_BUILD_DIR": os.path.join(ROOT, "build")}, timeout=3000)
     summary = re.findall(r"^=*\s*(.*\d+ (?:passed|failed|error).*?)\s*=*$", out, re.M)
     line = summary[-1] if summary else ""
     passed = sum(int(n) for n in re.findall(r"(\d+) passed", line))
