@@ -116,6 +116,23 @@ def memtouch_ready(con, timeout=120):
     raise AssertionError("memtouch never finished writing its buffer")
 
 
+def start_migration(from_port, to_port, timeout):
+    """`cella migrate` in the background (a test interferes while it runs)."""
+    return subprocess.Popen([CELLA, "migrate", "--from", f"127.0.0.1:{from_port}", "--to",
+                             f"127.0.0.1:{to_port}", "--timeout", str(timeout)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_ram_push(src, timeout=60):
+    """Waits until the source's outgoing migration is in RamPush."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = src.get("/instance/migration-status").json().get("migration_out")
+        if out and out["state"] == "RamPush":
+            return
+        time.sleep(0.02)
+
+
 def counter(con):
     return int(con.check("cat /tmp/cnt")[-1])
 
@@ -315,16 +332,8 @@ def test_target_killed_during_ram_transfer(server, kit, tmp_path):
     con.check("memtouch loop 96 3 >/dev/null 2>&1 &")
     memtouch_ready(con)
     dst = server()
-    proc = subprocess.Popen([CELLA, "migrate", "--from", f"127.0.0.1:{src.port}", "--to",
-                             f"127.0.0.1:{dst.port}", "--timeout", "300"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        st = src.get("/instance/migration-status").json()
-        out = st.get("migration_out")
-        if out and out["state"] in ("RamPush",):
-            break
-        time.sleep(0.02)
+    proc = start_migration(src.port, dst.port, 300)
+    wait_ram_push(src)
     dst.proc.kill()
     proc.wait(120)
     assert proc.returncode != 0
@@ -398,15 +407,8 @@ def test_link_cut_times_out_and_the_source_runs_on(server, kit, tmp_path):
     memtouch_ready(con)
     proxy = Proxy(src.port)
     dst = server(env=env)
-    proc = subprocess.Popen([CELLA, "migrate", "--from", f"127.0.0.1:{proxy.port}", "--to",
-                             f"127.0.0.1:{dst.port}", "--timeout", "120"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        out = src.get("/instance/migration-status").json().get("migration_out")
-        if out and out["state"] == "RamPush":
-            break
-        time.sleep(0.02)
+    proc = start_migration(proxy.port, dst.port, 120)
+    wait_ram_push(src)
     proxy.frozen.set()
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and (state(src) != "Running" or
@@ -429,15 +431,8 @@ def test_source_killed_target_never_runs(server, kit, tmp_path):
     con.check("memtouch loop 48 9 >/dev/null 2>&1 &")
     memtouch_ready(con)
     dst = server(env=env)
-    proc = subprocess.Popen([CELLA, "migrate", "--from", f"127.0.0.1:{src.port}", "--to",
-                             f"127.0.0.1:{dst.port}", "--timeout", "120"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        out = src.get("/instance/migration-status").json().get("migration_out")
-        if out and out["state"] == "RamPush":
-            break
-        time.sleep(0.02)
+    proc = start_migration(src.port, dst.port, 120)
+    wait_ram_push(src)
     src.proc.kill()
     proc.wait(120)
     assert proc.returncode != 0
