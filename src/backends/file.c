@@ -9,10 +9,17 @@
  * fd. Both reach the same inode, so fdatasync on fd covers both, and the
  * kernel keeps the page cache coherent with direct I/O.
  *
- * Engine: one io_uring with a completion thread; if io_uring cannot be set
- * up (seccomp, old kernel, kernel.io_uring_disabled, or
- * CELLA_BLK_FILE_THREADS=1) a pool of `workers` threads doing the same
- * system calls synchronously.
+ * Engine: one io_uring; if io_uring cannot be set up (seccomp, old kernel,
+ * kernel.io_uring_disabled, or CELLA_BLK_FILE_THREADS=1) a pool of
+ * `workers` threads doing the same system calls synchronously.
+ *
+ * Completions of the ring are reaped by whoever gets there first: the
+ * submitting thread looks at the completion queue right after each
+ * submission (an I/O the kernel finished inside io_uring_enter, as on a
+ * page-cache hit or a RAM-backed disk, then completes without waking any
+ * other thread), and a completion thread sleeps on the ring's eventfd for
+ * everything that finishes later. `cq_lock` makes the reaping exclusive;
+ * completions run after it is dropped.
  */
 #include "backends/backends.h"
 
@@ -26,6 +33,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/ioctl.h>
+#include <sys/eventfd.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -36,6 +44,7 @@
 #define FILE_DEFAULT_WORKERS 4u
 #define ZERO_CHUNK           (64u << 10)
 #define ZERO_IOV             64u /* a zero-filling write covers up to 4 MiB */
+#define REAP_BATCH           32u
 
 static const uint8_t zero_buf[ZERO_CHUNK] __attribute__((aligned(4096)));
 
@@ -65,6 +74,9 @@ struct file_backend {
     pthread_mutex_t sq_lock; /* ring submission side, pending, ring_ops */
     struct file_op *pend_head, *pend_tail;
     unsigned ring_ops;
+    pthread_mutex_t cq_lock; /* ring completion side */
+    int cq_efd;              /* the ring's eventfd: a completion was posted */
+    atomic_bool cq_stop;
     pthread_t cq_thread;
     bool cq_running;
     struct be_inflight inflight;
@@ -308,6 +320,8 @@ static void ring_flush(struct file_backend *f)
     }
 }
 
+static void ring_reap_inline(struct file_backend *f);
+
 static void ring_submit(struct file_backend *f, struct file_op *op)
 {
     pthread_mutex_lock(&f->sq_lock);
@@ -324,6 +338,7 @@ static void ring_submit(struct file_backend *f, struct file_op *op)
         ring_flush(f);
     }
     pthread_mutex_unlock(&f->sq_lock);
+    ring_reap_inline(f);
 }
 
 /* Puts op back into the ring for the rest of its transfer. */
@@ -392,25 +407,65 @@ static void ring_complete(struct file_backend *f, struct file_op *op, int res)
         ring_finish(f, op, r);
 }
 
+/*
+ * Takes the completions posted so far (up to a batch) and completes them.
+ * Returns how many. A submitter passes wait = false and leaves if another
+ * thread is reaping; the completion thread waits for the lock instead, so
+ * a completion posted just after a submitter's look (whose eventfd signal
+ * the completion thread may already have consumed) is never stranded.
+ */
+static unsigned ring_reap(struct file_backend *f, bool wait)
+{
+    struct io_uring_cqe *cqes[REAP_BATCH];
+    struct {
+        struct file_op *op;
+        int res;
+    } got[REAP_BATCH];
+    if (!wait && pthread_mutex_trylock(&f->cq_lock) != 0)
+        return 0;
+    if (wait)
+        pthread_mutex_lock(&f->cq_lock);
+    unsigned n = io_uring_peek_batch_cqe(&f->ring, cqes, REAP_BATCH);
+    for (unsigned i = 0; i < n; i++) {
+        got[i].op = io_uring_cqe_get_data(cqes[i]);
+        got[i].res = cqes[i]->res;
+    }
+    io_uring_cq_advance(&f->ring, n);
+    pthread_mutex_unlock(&f->cq_lock);
+    for (unsigned i = 0; i < n; i++)
+        ring_complete(f, got[i].op, got[i].res);
+    return n;
+}
+
+/*
+ * After a submission: complete what the kernel already finished. Not
+ * nested (a completion that submits again leaves the rest to the loop
+ * above it or to the completion thread), so the stack stays bounded.
+ */
+static void ring_reap_inline(struct file_backend *f)
+{
+    static __thread bool reaping;
+    if (reaping)
+        return;
+    reaping = true;
+    while (ring_reap(f, false))
+        ;
+    reaping = false;
+}
+
 static void *cq_main(void *arg)
 {
     struct file_backend *f = arg;
-    for (;;) {
-        struct io_uring_cqe *cqe;
-        int r = io_uring_wait_cqe(&f->ring, &cqe);
-        if (r == -EINTR || r == -EAGAIN)
-            continue;
-        if (r < 0) {
-            log_msg(LOG_ERROR, "blk-file", "%s: io_uring_wait_cqe: %s", f->path, strerror(-r));
+    while (!atomic_load(&f->cq_stop)) {
+        uint64_t n;
+        if (read(f->cq_efd, &n, sizeof(n)) < 0 && errno != EINTR && errno != EAGAIN) {
+            log_msg(LOG_ERROR, "blk-file", "%s: completion eventfd: %s", f->path, strerror(errno));
             return NULL;
         }
-        struct file_op *op = io_uring_cqe_get_data(cqe);
-        int res = cqe->res;
-        io_uring_cqe_seen(&f->ring, cqe);
-        if (!op)
-            return NULL; /* the stop marker from file_close */
-        ring_complete(f, op, res);
+        while (ring_reap(f, true))
+            ;
     }
+    return NULL;
 }
 
 static int ring_start(struct file_backend *f)
@@ -430,9 +485,16 @@ static int ring_start(struct file_backend *f)
     if (!probe)
         r = -ENOTSUP;
     io_uring_free_probe(probe);
+    if (r == 0) {
+        f->cq_efd = eventfd(0, EFD_CLOEXEC);
+        r = f->cq_efd < 0 ? -errno : io_uring_register_eventfd(&f->ring, f->cq_efd);
+    }
     if (r == 0)
         r = -pthread_create(&f->cq_thread, NULL, cq_main, f);
     if (r < 0) {
+        if (f->cq_efd >= 0)
+            close(f->cq_efd);
+        f->cq_efd = -1;
         io_uring_queue_exit(&f->ring);
         return r;
     }
@@ -445,14 +507,14 @@ static void ring_stop(struct file_backend *f)
 {
     if (!f->cq_running)
         return;
-    pthread_mutex_lock(&f->sq_lock);
-    struct io_uring_sqe *sqe = io_uring_get_sqe(&f->ring);
-    io_uring_prep_nop(sqe);
-    io_uring_sqe_set_data(sqe, NULL);
-    ring_flush(f);
-    pthread_mutex_unlock(&f->sq_lock);
+    atomic_store(&f->cq_stop, true);
+    uint64_t one = 1;
+    while (write(f->cq_efd, &one, sizeof(one)) < 0 && errno == EINTR)
+        ;
     pthread_join(f->cq_thread, NULL);
     io_uring_queue_exit(&f->ring);
+    close(f->cq_efd);
+    f->cq_efd = -1;
     f->cq_running = false;
 }
 
@@ -508,6 +570,7 @@ static void file_free(struct file_backend *f)
         close(f->fd);
     be_inflight_destroy(&f->inflight);
     pthread_mutex_destroy(&f->sq_lock);
+    pthread_mutex_destroy(&f->cq_lock);
     free(f->path);
     free(f);
 }
@@ -649,8 +712,9 @@ int blk_file_open(const struct spec_component *c, unsigned oflags, struct blk_ba
         return cella_err(errs, -ENOMEM, p.buf, "out of memory");
     }
     f->b.ops = &file_ops;
-    f->fd = f->dfd = -1;
+    f->fd = f->dfd = f->cq_efd = -1;
     pthread_mutex_init(&f->sq_lock, NULL);
+    pthread_mutex_init(&f->cq_lock, NULL);
     be_inflight_init(&f->inflight);
     f->b.info.block_size = bs;
     f->b.info.readonly = spec->readonly;
