@@ -12,23 +12,27 @@
 #define HDR_LEN     16u
 #define DWZ_SEG_LEN 16u /* struct virtio_blk_discard_write_zeroes */
 
+struct virtio_blk;
+
 /*
+ * One request queue and its processing state. Queues share nothing but the
+ * backend (whose blk_submit is thread-safe) and the read-only device
+ * fields, so a completion on one queue never waits for another queue's
+ * lock and the guest's per-vCPU queues run side by side.
+ *
  * Processing state, under `lock`: `processing` while some thread runs the
  * queue (others just set `pending` and leave, so completions arriving
  * inline inside blk_submit never recurse); `starved` when the queue was
- * left because queue-size requests were in flight (the next completion
- * runs it again); `stopped` while a reset drains.
+ * left because queue-size requests were in flight on it (its next
+ * completion runs it again); `stopped` while a reset or a migration
+ * quiesce drains. `in_flight` counts this queue's requests between pop and
+ * completion; `cond` is broadcast whenever `processing` or `in_flight`
+ * drops, for quiesce.
  */
-struct virtio_blk {
-    struct virtio_dev dev;
-    struct virtqueue vq;
-    struct virtio_pci vp;
-    const struct guest_mem *mem;
-    struct blk_backend *be;
-    uint8_t id[VIRTIO_BLK_ID_BYTES];
-    uint64_t capacity; /* sectors */
-    uint32_t seg_max;
-    uint8_t config[VIRTIO_BLK_CONFIG_LEN];
+struct vblk_queue {
+    struct virtio_blk *b;
+    struct virtqueue *vq; /* &b->vqs[idx] */
+    unsigned idx;         /* the queue number: its doorbell and interrupt */
 
     pthread_mutex_t lock;
     pthread_cond_t cond;
@@ -36,43 +40,64 @@ struct virtio_blk {
     unsigned in_flight;
 };
 
+/*
+ * The virtqueues are an array of their own because the transport indexes
+ * dev.vqs[0..nqueues); q[i] is their processing state. Only the first
+ * `nqueues` of each are initialised.
+ */
+struct virtio_blk {
+    struct virtio_dev dev;
+    struct virtio_pci vp;
+    const struct guest_mem *mem;
+    struct blk_backend *be;
+    uint8_t id[VIRTIO_BLK_ID_BYTES];
+    uint64_t capacity; /* sectors */
+    uint32_t seg_max;
+    unsigned nqueues;
+    uint8_t config[VIRTIO_BLK_CONFIG_LEN];
+    struct virtqueue vqs[VIRTIO_BLK_MAX_QUEUES];
+    struct vblk_queue q[VIRTIO_BLK_MAX_QUEUES];
+};
+
 struct vblk_req {
     struct blk_req br;
-    struct virtio_blk *b;
+    struct vblk_queue *q; /* the queue it came from and completes on */
     uint16_t head;
     uint8_t *status;
     unsigned wfirst, wcnt; /* the device-writable data buffers in iov */
     struct iovec iov[BLK_MAX_IOV];
 };
 
-static void run_queue(struct virtio_blk *b);
+static void run_queue(struct vblk_queue *q);
 
 /* ---- completion ---- */
 
-static void finish(struct virtio_blk *b, struct vblk_req *r, uint8_t status, uint32_t written)
+/* Completes r on its own queue: used ring, that queue's interrupt, its slot. */
+static void finish(struct vblk_req *r, uint8_t status, uint32_t written)
 {
+    struct vblk_queue *q = r->q;
     *r->status = status;
     /* All of the writable part: a failed read may have written some of it. */
     struct iovec st = {r->status, 1};
-    vq_mark_written(&b->vq, r->iov + r->wfirst, r->wcnt, UINT64_MAX);
-    vq_mark_written(&b->vq, &st, 1, 1);
+    vq_mark_written(q->vq, r->iov + r->wfirst, r->wcnt, UINT64_MAX);
+    vq_mark_written(q->vq, &st, 1, 1);
     struct vq_used u = {r->head, written + 1};
-    bool notify = vq_push(&b->vq, &u, 1);
+    bool notify = vq_push(q->vq, &u, 1);
     free(r);
     if (notify)
-        virtio_dev_notify(&b->dev, 0);
+        virtio_dev_notify(&q->b->dev, q->idx);
 
     bool again = false;
-    pthread_mutex_lock(&b->lock);
-    b->in_flight--;
-    if (b->starved && !b->stopped) {
-        b->starved = false;
+    pthread_mutex_lock(&q->lock);
+    q->in_flight--;
+    if (q->starved && !q->stopped) {
+        q->starved = false;
         again = true;
     }
-    pthread_cond_broadcast(&b->cond);
-    pthread_mutex_unlock(&b->lock);
+    pthread_cond_broadcast(&q->cond);
+    pthread_mutex_unlock(&q->lock);
     if (again)
-        run_queue(b);
+        run_queue(q);
 }
 
 static void req_done(struct blk_req *br, int result)
@@ -82,7 +107,7 @@ static void req_done(struct blk_req *br, int result)
                  : (result == -ENOTSUP || result == -EOPNOTSUPP) ? VIRTIO_BLK_S_UNSUPP
                                                                  : VIRTIO_BLK_S_IOERR;
     uint32_t written = (br->op == BLK_READ && result == 0) ? (uint32_t)br->len : 0;
-    finish(r->b, r, st, written);
+    finish(r, st, written);
 }
 
 /* ---- request parsing ---- */
@@ -137,14 +162,14 @@ static void do_rw(struct virtio_blk *b, struct vblk_req *r, const struct vq_chai
     }
     if (write && b->be->info.readonly) {
         guest_error(b->dev.name, "write to a read-only disk");
-        finish(b, r, VIRTIO_BLK_S_IOERR, 0);
+        finish(r, VIRTIO_BLK_S_IOERR, 0);
     } else if (len % BLK_SECTOR || len > BLK_MAX_REQ_LEN ||
                !in_range(b, sector, len / BLK_SECTOR)) {
         guest_error(b->dev.name, "bad %s: sector %llu, %llu bytes", write ? "write" : "read",
                     (unsigned long long)sector, (unsigned long long)len);
-        finish(b, r, VIRTIO_BLK_S_IOERR, 0);
+        finish(r, VIRTIO_BLK_S_IOERR, 0);
     } else if (len == 0) {
-        finish(b, r, VIRTIO_BLK_S_OK, 0);
+        finish(r, VIRTIO_BLK_S_OK, 0);
     } else {
         submit(b, r, write ? BLK_WRITE : BLK_READ, sector * BLK_SECTOR, len, data, cnt);
     }
@@ -154,13 +179,13 @@ static void do_dwz(struct virtio_blk *b, struct vblk_req *r, const struct vq_cha
 {
     bool offered = zeroes ? b->be->info.can_write_zeroes : b->be->info.can_discard;
     if (!offered) {
-        finish(b, r, VIRTIO_BLK_S_UNSUPP, 0);
+        finish(r, VIRTIO_BLK_S_UNSUPP, 0);
         return;
     }
     uint64_t payload = c->read_len - HDR_LEN;
     if (payload != DWZ_SEG_LEN) { /* max_discard_seg = max_write_zeroes_seg = 1 */
         guest_error(b->dev.name, "%llu bytes of discard ranges", (unsigned long long)payload);
-        finish(b, r, VIRTIO_BLK_S_IOERR, 0);
+        finish(r, VIRTIO_BLK_S_IOERR, 0);
         return;
     }
     uint8_t seg[HDR_LEN + DWZ_SEG_LEN];
@@ -169,12 +194,12 @@ static void do_dwz(struct virtio_blk *b, struct vblk_req *r, const struct vq_cha
     uint32_t nsect = le32(seg + HDR_LEN + 8), flags = le32(seg + HDR_LEN + 12);
     /* Flag bit 0 is "unmap": allowed for write-zeroes only. */
     if (flags & ~(zeroes ? 1u : 0u)) {
-        finish(b, r, VIRTIO_BLK_S_UNSUPP, 0);
+        finish(r, VIRTIO_BLK_S_UNSUPP, 0);
     } else if (b->be->info.readonly || nsect > VIRTIO_BLK_MAX_DISCARD ||
                !in_range(b, sector, nsect)) {
         guest_error(b->dev.name, "bad discard/write-zeroes: sector %llu, %u sectors",
                     (unsigned long long)sector, nsect);
-        finish(b, r, VIRTIO_BLK_S_IOERR, 0);
+        finish(r, VIRTIO_BLK_S_IOERR, 0);
     } else {
         submit(b, r, zeroes ? BLK_WRITE_ZEROES : BLK_DISCARD, sector * BLK_SECTOR,
                (uint64_t)nsect * BLK_SECTOR, NULL, 0);
@@ -207,11 +232,11 @@ static void handle(struct virtio_blk *b, struct vblk_req *r, const struct vq_cha
         if (b->be->info.can_flush)
             submit(b, r, BLK_FLUSH, 0, 0, NULL, 0);
         else
-            finish(b, r, VIRTIO_BLK_S_OK, 0); /* volatile backend: nothing to make durable */
+            finish(r, VIRTIO_BLK_S_OK, 0); /* volatile backend: nothing to make durable */
         break;
     case VIRTIO_BLK_T_GET_ID: {
         size_t n = iov_from_buf(r->iov + c->nread, niov - c->nread, b->id, sizeof(b->id));
-        finish(b, r, VIRTIO_BLK_S_OK, (uint32_t)n);
+        finish(r, VIRTIO_BLK_S_OK, (uint32_t)n);
         break;
     }
     case VIRTIO_BLK_T_DISCARD:
@@ -219,47 +244,48 @@ static void handle(struct virtio_blk *b, struct vblk_req *r, const struct vq_cha
         do_dwz(b, r, c, type == VIRTIO_BLK_T_WRITE_ZEROES);
         break;
     default:
-        finish(b, r, VIRTIO_BLK_S_UNSUPP, 0);
+        finish(r, VIRTIO_BLK_S_UNSUPP, 0);
         break;
     }
 }
 
-static void release_slot(struct virtio_blk *b)
+static void release_slot(struct vblk_queue *q)
 {
-    pthread_mutex_lock(&b->lock);
-    b->in_flight--;
-    pthread_cond_broadcast(&b->cond);
-    pthread_mutex_unlock(&b->lock);
+    pthread_mutex_lock(&q->lock);
+    q->in_flight--;
+    pthread_cond_broadcast(&q->cond);
+    pthread_mutex_unlock(&q->lock);
 }
 
-/* Takes and starts one request: 1 done, 0 nothing (or starved), <0 broken. */
-static int process_one(struct virtio_blk *b)
+/* Takes and starts one request from q: 1 done, 0 nothing (or starved), <0 broken. */
+static int process_one(struct vblk_queue *q)
 {
-    pthread_mutex_lock(&b->lock);
-    if (b->stopped || b->in_flight >= b->vq.num) {
-        b->starved = !b->stopped;
-        pthread_mutex_unlock(&b->lock);
+    struct virtio_blk *b = q->b;
+    pthread_mutex_lock(&q->lock);
+    if (q->stopped || q->in_flight >= q->vq->num) {
+        q->starved = !q->stopped;
+        pthread_mutex_unlock(&q->lock);
         return 0;
     }
-    b->in_flight++;
-    pthread_mutex_unlock(&b->lock);
+    q->in_flight++;
+    pthread_mutex_unlock(&q->lock);
 
     struct vblk_req *r = malloc(sizeof(*r));
     if (!r) {
-        release_slot(b);
+        release_slot(q);
         return 0;
     }
-    r->b = b;
+    r->q = q;
     struct vq_chain c;
-    int rc = vq_pop(&b->vq, &c, r->iov, BLK_MAX_IOV);
+    int rc = vq_pop(q->vq, &c, r->iov, BLK_MAX_IOV);
     if (rc > 0 && (c.read_len < HDR_LEN || c.write_len < 1)) {
-        guest_error(b->dev.name, "request without header or status byte");
-        vq_set_broken(&b->vq);
+        guest_error(b->dev.name, "queue %u: request without header or status byte", q->idx);
+        vq_set_broken(q->vq);
         rc = -EINVAL;
     }
     if (rc <= 0) {
         free(r);
-        release_slot(b);
+        release_slot(q);
         if (rc < 0)
             virtio_dev_fail(&b->dev);
         return rc;
@@ -269,29 +295,29 @@ static int process_one(struct virtio_blk *b)
     return 1;
 }
 
-static void run_queue(struct virtio_blk *b)
+static void run_queue(struct vblk_queue *q)
 {
-    pthread_mutex_lock(&b->lock);
-    if (b->stopped) {
-        pthread_mutex_unlock(&b->lock);
+    pthread_mutex_lock(&q->lock);
+    if (q->stopped) {
+        pthread_mutex_unlock(&q->lock);
         return;
     }
-    b->pending = true;
-    if (b->processing) {
-        pthread_mutex_unlock(&b->lock);
+    q->pending = true;
+    if (q->processing) {
+        pthread_mutex_unlock(&q->lock);
         return;
     }
-    b->processing = true;
-    while (b->pending && !b->stopped) {
-        b->pending = false;
-        pthread_mutex_unlock(&b->lock);
-        while (process_one(b) > 0)
+    q->processing = true;
+    while (q->pending && !q->stopped) {
+        q->pending = false;
+        pthread_mutex_unlock(&q->lock);
+        while (process_one(q) > 0)
             ;
-        pthread_mutex_lock(&b->lock);
+        pthread_mutex_lock(&q->lock);
     }
-    b->processing = false;
-    pthread_cond_broadcast(&b->cond);
-    pthread_mutex_unlock(&b->lock);
+    q->processing = false;
+    pthread_cond_broadcast(&q->cond);
+    pthread_mutex_unlock(&q->lock);
 }
 
 /* ---- device ops ---- */
@@ -329,32 +355,54 @@ static void driver_ok(struct virtio_dev *d)
 
 static void queue_notify(struct virtio_dev *d, unsigned q)
 {
-    if (q == 0)
-        run_queue(to_blk(d));
+    struct virtio_blk *b = to_blk(d);
+    if (q < b->nqueues)
+        run_queue(&b->q[q]);
 }
 
+/*
+ * Stops every queue and waits until nothing is in flight on any: first
+ * all queues stop taking requests (so none submits while we drain), then
+ * the backend drains, then each queue's count reaches zero.
+ */
 static void quiesce(struct virtio_blk *b)
 {
-    pthread_mutex_lock(&b->lock);
-    b->stopped = true;
-    while (b->processing)
-        pthread_cond_wait(&b->cond, &b->lock);
-    pthread_mutex_unlock(&b->lock);
+    for (unsigned i = 0; i < b->nqueues; i++) {
+        struct vblk_queue *q = &b->q[i];
+        pthread_mutex_lock(&q->lock);
+        q->stopped = true;
+        while (q->processing)
+            pthread_cond_wait(&q->cond, &q->lock);
+        pthread_mutex_unlock(&q->lock);
+    }
     blk_drain(b->be);
-    pthread_mutex_lock(&b->lock);
-    while (b->in_flight)
-        pthread_cond_wait(&b->cond, &b->lock);
-    pthread_mutex_unlock(&b->lock);
+    for (unsigned i = 0; i < b->nqueues; i++) {
+        struct vblk_queue *q = &b->q[i];
+        pthread_mutex_lock(&q->lock);
+        while (q->in_flight)
+            pthread_cond_wait(&q->cond, &q->lock);
+        pthread_mutex_unlock(&q->lock);
+    }
+}
+
+/* Every queue takes requests again: after a reset, or at resume (the transport kicks next). */
+static void restart(struct virtio_blk *b)
+{
+    for (unsigned i = 0; i < b->nqueues; i++) {
+        struct vblk_queue *q = &b->q[i];
+        pthread_mutex_lock(&q->lock);
+        q->stopped = q->starved = q->pending = false;
+        pthread_mutex_unlock(&q->lock);
+    }
 }
 
 static void reset(struct virtio_dev *d)
 {
     struct virtio_blk *b = to_blk(d);
     quiesce(b);
-    vq_reset(&b->vq);
-    pthread_mutex_lock(&b->lock);
-    b->stopped = b->starved = b->pending = false;
-    pthread_mutex_unlock(&b->lock);
+    for (unsigned i = 0; i < b->nqueues; i++)
+        vq_reset(&b->vqs[i]);
+    restart(b);
 }
 
 /* ---- migration ---- */
@@ -366,19 +414,24 @@ static void op_quiesce(struct virtio_dev *d)
 
 static void op_resume(struct virtio_dev *d)
 {
-    struct virtio_blk *b = to_blk(d);
-    pthread_mutex_lock(&b->lock);
-    b->stopped = b->starved = false; /* the transport kicks the queue next */
-    pthread_mutex_unlock(&b->lock);
+    restart(to_blk(d)); /* the transport kicks every live queue next */
 }
 
-/* The disk's geometry, so a target on another disk size refuses the state. */
+/*
+ * The disk's geometry, so a target on another disk size refuses the state.
+ * The queue count is the transport's (it refuses a mismatch), so this
+ * section is the same for one queue or many.
+ */
 static int op_save(struct virtio_dev *d, struct mig_out *o)
 {
     struct virtio_blk *b = to_blk(d);
-    pthread_mutex_lock(&b->lock);
-    bool busy = b->in_flight != 0 || b->processing;
-    pthread_mutex_unlock(&b->lock);
+    bool busy = false;
+    for (unsigned i = 0; i < b->nqueues; i++) {
+        struct vblk_queue *q = &b->q[i];
+        pthread_mutex_lock(&q->lock);
+        busy |= q->in_flight != 0 || q->processing;
+        pthread_mutex_unlock(&q->lock);
+    }
     if (busy)
         return -EBUSY;
     mig_put_u64(o, b->capacity);
@@ -431,9 +484,11 @@ static void build_config(struct virtio_blk *b)
         put32(c + VBLK_CFG_MAX_WZ, VIRTIO_BLK_MAX_DISCARD);
         put32(c + VBLK_CFG_MAX_WZ_SEG, 1);
     }
+    if (b->nqueues > 1) /* the field exists only with MQ: one queue leaves it 0 */
+        put16(c + VBLK_CFG_NUM_QUEUES, (uint16_t)b->nqueues);
 }
 
-static uint64_t features_for(const struct blk_info *info)
+static uint64_t features_for(const struct blk_info *info, unsigned nqueues)
 {
     uint64_t f = 1ull << VIRTIO_BLK_F_SIZE_MAX | 1ull << VIRTIO_BLK_F_SEG_MAX |
                  1ull << VIRTIO_BLK_F_BLK_SIZE | 1ull << VIRTIO_BLK_F_FLUSH;
@@ -443,16 +498,48 @@ static uint64_t features_for(const struct blk_info *info)
         f |= 1ull << VIRTIO_BLK_F_DISCARD;
     if (info->can_write_zeroes && !info->readonly)
         f |= 1ull << VIRTIO_BLK_F_WRITE_ZEROES;
+    if (nqueues > 1)
+        f |= 1ull << VIRTIO_BLK_F_MQ;
     return f;
+}
+
+/* Tears down the first n queues' virtqueue, lock and cond. */
+static void destroy_queues(struct virtio_blk *b, unsigned n)
+{
+    for (unsigned i = 0; i < n; i++) {
+        pthread_cond_destroy(&b->q[i].cond);
+        pthread_mutex_destroy(&b->q[i].lock);
+        vq_destroy(&b->vqs[i]);
+    }
+}
+
+static int init_queue(struct virtio_blk *b, unsigned i)
+{
+    struct vblk_queue *q = &b->q[i];
+    *q = (struct vblk_queue){.b = b, .vq = &b->vqs[i], .idx = i};
+    int rc = vq_init(q->vq, b->mem);
+    if (rc < 0)
+        return rc;
+    if ((rc = -pthread_mutex_init(&q->lock, NULL)) < 0)
+        goto fail_vq;
+    if ((rc = -pthread_cond_init(&q->cond, NULL)) < 0)
+        goto fail_lock;
+    return 0;
+fail_lock:
+    pthread_mutex_destroy(&q->lock);
+fail_vq:
+    vq_destroy(q->vq);
+    return rc;
 }
 
 int virtio_blk_create(const struct virtio_blk_params *p, struct virtio_blk **out)
 {
     *out = NULL;
     uint16_t qs = p->queue_size ? p->queue_size : VIRTIO_BLK_QUEUE_SIZE;
+    unsigned nq = p->nqueues ? p->nqueues : 1;
     const struct blk_info *info = p->backend ? &p->backend->info : NULL;
     if (!p->mem || !info || qs < 4 || qs > VQ_MAX_SIZE || (qs & (qs - 1)) ||
-        info->block_size < BLK_SECTOR || info->block_size > 65536 ||
+        nq > VIRTIO_BLK_MAX_QUEUES || info->block_size < BLK_SECTOR || info->block_size > 65536 ||
         (info->block_size & (info->block_size - 1)) || info->size % BLK_SECTOR)
         return -EINVAL;
     struct virtio_blk *b = calloc(1, sizeof(*b));
@@ -462,6 +549,7 @@ int virtio_blk_create(const struct virtio_blk_params *p, struct virtio_blk **out
     b->be = p->backend;
     b->capacity = info->size / BLK_SECTOR;
     b->seg_max = (qs < BLK_MAX_IOV ? qs : BLK_MAX_IOV) - 2u;
+    b->nqueues = nq;
     if (p->serial)
         memcpy(b->id, p->serial, strnlen(p->serial, sizeof(b->id)));
     build_config(b);
@@ -469,32 +557,24 @@ int virtio_blk_create(const struct virtio_blk_params *p, struct virtio_blk **out
                                  .name = p->name ? p->name : "virtio-blk",
                                  .type = VIRTIO_ID_BLOCK,
                                  .class_code = 0x010000, /* mass storage, SCSI (as QEMU) */
-                                 .host_features = features_for(info),
+                                 .host_features = features_for(info, nq),
                                  .config_len = VIRTIO_BLK_CONFIG_LEN,
-                                 .nqueues = 1,
+                                 .nqueues = nq,
                                  .queue_max = qs,
-                                 .vqs = &b->vq};
-    int rc = vq_init(&b->vq, p->mem);
-    if (rc < 0)
-        goto fail_free;
-    if ((rc = -pthread_mutex_init(&b->lock, NULL)) < 0)
-        goto fail_vq;
-    if ((rc = -pthread_cond_init(&b->cond, NULL)) < 0)
-        goto fail_lock;
-    rc = virtio_pci_init(&b->vp, &b->dev, b->dev.name, p->msi);
-    if (rc < 0)
-        goto fail_cond;
+                                 .vqs = b->vqs};
+    unsigned done = 0;
+    int rc = 0;
+    while (done < nq && (rc = init_queue(b, done)) == 0)
+        done++;
+    if (rc == 0)
+        rc = virtio_pci_init(&b->vp, &b->dev, b->dev.name, p->msi);
+    if (rc < 0) {
+        destroy_queues(b, done);
+        free(b);
+        return rc;
+    }
     *out = b;
     return 0;
-fail_cond:
-    pthread_cond_destroy(&b->cond);
-fail_lock:
-    pthread_mutex_destroy(&b->lock);
-fail_vq:
-    vq_destroy(&b->vq);
-fail_free:
-    free(b);
-    return rc;
 }
 
 struct virtio_pci *virtio_blk_pci(struct virtio_blk *b)
@@ -508,8 +588,6 @@ void virtio_blk_destroy(struct virtio_blk *b)
         return;
     quiesce(b);
     virtio_pci_destroy(&b->vp);
-    pthread_cond_destroy(&b->cond);
-    pthread_mutex_destroy(&b->lock);
-    vq_destroy(&b->vq);
+    destroy_queues(b, b->nqueues);
     free(b);
 }

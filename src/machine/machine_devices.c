@@ -486,8 +486,18 @@ static int add_virtio_disk(struct machine *m, const struct spec_component *c,
     struct blk_backend *b = disk_backend(m, c, errs);
     if (!b)
         return -ENOENT;
-    struct virtio_blk_params p = {
-        .name = c->key, .mem = &m->mem, .backend = b, .serial = c->key, .msi = &m->irq};
+    /*
+     * One queue per vCPU (capped), so the guest completes each request on
+     * the vCPU that issued it. Guest-visible, but derived from the board,
+     * which a migration's source and target share.
+     */
+    unsigned nq = m->ncpus < VIRTIO_BLK_MAX_QUEUES ? m->ncpus : VIRTIO_BLK_MAX_QUEUES;
+    struct virtio_blk_params p = {.name = c->key,
+                                  .mem = &m->mem,
+                                  .backend = b,
+                                  .serial = c->key,
+                                  .msi = &m->irq,
+                                  .nqueues = nq};
     struct virtio_blk *vb = NULL;
     int r = virtio_blk_create(&p, &vb);
     if (r < 0) {

@@ -3,15 +3,18 @@
  * libFuzzer target for virtio-blk on the virtio PCI transport, driven the
  * way a guest drives it: BAR and config-space accesses, guest memory
  * writes (descriptors, rings, request headers) and doorbells, against a
- * memory disk that completes inline or later.
+ * memory disk that completes inline or later. The device has two queues
+ * (VIRTIO_BLK_F_MQ), so requests on both interleave and complete on each
+ * other's heels.
  *
  * Input: 12-byte records  op, arg, offset (2 bytes LE), value (8 bytes LE).
  * op % 9: 0 BAR 4 write, 1 BAR 4 read (size 1 << (arg % 4)), 2 bring the
- * device up (features from value, queue size 1 << (arg % 5)), 3 write 8
- * bytes of guest RAM at offset * 4, 4 put head `offset` in the avail ring
- * and kick, 5 config-space write (offset % 256, size 1 << (arg % 3)),
- * 6 complete deferred requests (arg odd: defer from now on), 7 MSI-X BAR
- * write, 8 kick through virtio_pci_kick.
+ * device up (features from value, both queues of size 1 << (arg % 5), at
+ * VD_RING(0) and VD_RING(1)), 3 write 8 bytes of guest RAM at offset * 4,
+ * 4 put head `offset` in queue (arg & 1)'s avail ring and kick it,
+ * 5 config-space write (offset % 256, size 1 << (arg % 3)), 6 complete
+ * deferred requests (arg odd: defer from now on), 7 MSI-X BAR write,
+ * 8 kick queue arg % 2 through virtio_pci_kick.
  *
  * Checked: no crash, no sanitizer report, no leak; the backend only ever
  * sees requests inside the disk with buffers inside guest RAM.
@@ -27,7 +30,8 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-#define FUZZ_RAM  0x40000u /* rings at 0x10000.. (VD_RING(0)); data anywhere */
+#define FUZZ_RAM  0x40000u /* rings at 0x10000 and 0x20000 (VD_RING(0..1)); data anywhere */
+#define FUZZ_NQ   2
 #define DISK_SIZE 0x10000u
 #define MAX_DEFER 512
 
@@ -127,7 +131,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                                   .backend = &f.be,
                                   .serial = "fuzz",
                                   .msi = &d.sink,
-                                  .queue_size = 16};
+                                  .queue_size = 16,
+                                  .nqueues = FUZZ_NQ};
     if (virtio_blk_create(&p, &blk) < 0)
         abort();
     if (vd_attach(&d, virtio_blk_pci(blk)) < 0)
@@ -148,7 +153,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             break;
         case 2:
             vd_negotiate(&d, val | (1ull << VIRTIO_F_VERSION_1));
-            vd_queue(&d, 0, (uint16_t)(1u << (arg % 5)));
+            for (unsigned q = 0; q < FUZZ_NQ; q++)
+                vd_queue(&d, q, (uint16_t)(1u << (arg % 5)));
             vd_driver_ok(&d);
             break;
         case 3:
@@ -156,9 +162,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 memcpy(ram + (uint64_t)off * 4, data + 4, 8);
             break;
         case 4:
-            if (d.q[0].num) {
-                vd_avail(&d, 0, (uint16_t)off);
-                vd_kick(&d, 0);
+            if (d.q[arg & 1].num) {
+                vd_avail(&d, arg & 1, (uint16_t)off);
+                vd_kick(&d, arg & 1);
             }
             break;
         case 5:
@@ -172,7 +178,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             msix->ops->write(msix->opaque, off % VIRTIO_PCI_MSIX_SIZE, arg & 1 ? 8 : 4, val);
             break;
         case 8:
-            virtio_pci_kick(d.vp, arg % 2);
+            virtio_pci_kick(d.vp, arg % FUZZ_NQ);
             break;
         }
     }

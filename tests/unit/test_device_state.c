@@ -7,7 +7,8 @@
  * also refuses each truncation of a good payload, trailing bytes, another
  * version and specific bad values. Also: device writes to guest RAM set
  * dirty marks (virtqueue, virtio-blk, virtio-net, NVMe, fw_cfg), and a
- * quiesced device writes nothing.
+ * quiesced device writes nothing. Multiqueue virtio-blk: every queue's
+ * state and vector migrates, another queue count is refused.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -600,7 +601,7 @@ struct blk_env {
     struct virtio_blk *blk;
 };
 
-static void blk_env_init(struct blk_env *e, uint64_t disk)
+static void blk_env_init_mq(struct blk_env *e, uint64_t disk, unsigned nqueues)
 {
     memset(e, 0, sizeof(*e));
     assert_int_equal(vd_init(&e->d), 0);
@@ -612,9 +613,15 @@ static void blk_env_init(struct blk_env *e, uint64_t disk)
                                   .mem = &e->d.mem,
                                   .backend = &e->fb->b,
                                   .msi = &e->d.sink,
-                                  .queue_size = 16};
+                                  .queue_size = 16,
+                                  .nqueues = nqueues};
     assert_int_equal(virtio_blk_create(&p, &e->blk), 0);
     assert_int_equal(vd_attach(&e->d, virtio_blk_pci(e->blk)), 0);
+}
+
+static void blk_env_init(struct blk_env *e, uint64_t disk)
+{
+    blk_env_init_mq(e, disk, 0);
 }
 
 static void blk_env_fini(struct blk_env *e)
@@ -624,8 +631,8 @@ static void blk_env_fini(struct blk_env *e)
     vd_fini(&e->d);
 }
 
-/* Posts a one-sector read of `sector` into VB_BUF + 512 * k. */
-static void blk_post_read(struct blk_env *e, uint64_t sector, unsigned k)
+/* Posts a one-sector read of `sector` on queue q into VB_BUF + 512 * k. */
+static void blk_post_read_q(struct blk_env *e, unsigned q, uint64_t sector, unsigned k)
 {
     uint8_t *h = e->d.ram + VB_HDR + 16u * k;
     put32(h, VIRTIO_BLK_T_IN);
@@ -633,16 +640,26 @@ static void blk_post_read(struct blk_env *e, uint64_t sector, unsigned k)
     put64(h + 8, sector);
     struct vd_buf b[3] = {
         {VB_HDR + 16u * k, 16, false}, {VB_BUF + 512u * k, 512, true}, {VB_STAT + k, 1, true}};
-    vd_avail(&e->d, 0, vd_chain(&e->d, 0, b, 3));
+    vd_avail(&e->d, q, vd_chain(&e->d, q, b, 3));
+}
+
+static void blk_post_read(struct blk_env *e, uint64_t sector, unsigned k)
+{
+    blk_post_read_q(e, 0, sector, k);
+}
+
+static void blk_expect_done_q(struct blk_env *e, unsigned q, uint64_t sector, unsigned k)
+{
+    uint32_t id, len;
+    assert_true(vd_used(&e->d, q, &id, &len));
+    assert_int_equal(len, 513);
+    assert_int_equal(e->d.ram[VB_STAT + k], VIRTIO_BLK_S_OK);
+    assert_memory_equal(e->d.ram + VB_BUF + 512u * k, e->fb->disk + sector * 512, 512);
 }
 
 static void blk_expect_done(struct blk_env *e, uint64_t sector, unsigned k)
 {
-    uint32_t id, len;
-    assert_true(vd_used(&e->d, 0, &id, &len));
-    assert_int_equal(len, 513);
-    assert_int_equal(e->d.ram[VB_STAT + k], VIRTIO_BLK_S_OK);
-    assert_memory_equal(e->d.ram + VB_BUF + 512u * k, e->fb->disk + sector * 512, 512);
+    blk_expect_done_q(e, 0, sector, k);
 }
 
 static void test_virtio_blk(void **state)
@@ -770,6 +787,138 @@ static void test_virtio_blk_inflight(void **state)
     assert_int_equal(virtio_pci_save(a->d.vp, &o), -EBUSY); /* not quiesced */
     virtio_pci_quiesce(a->d.vp);                            /* drains the backend */
     blk_expect_done(a, 3, 0);
+    assert_int_equal(virtio_pci_save(a->d.vp, &o), 0);
+    virtio_pci_resume(a->d.vp);
+    mig_out_free(&o);
+    blk_env_fini(a);
+    free(a);
+}
+
+/* Two queues with MQ, MSI-X vector q + 1 for queue q, each VB_QSIZE entries. */
+static void blk_up_mq(struct blk_env *e)
+{
+    struct vdrv *d = &e->d;
+    assert_true(vd_negotiate(d, FEAT(VIRTIO_F_VERSION_1) | FEAT(VIRTIO_BLK_F_MQ)) &
+                VIRTIO_STATUS_FEATURES_OK);
+    vd_msix_enable(d, 3);
+    vd_wr(d, VPC_MSIX, 2, 0);
+    for (unsigned q = 0; q < 2; q++) {
+        vd_queue(d, q, VB_QSIZE);
+        vd_wr(d, VPC_Q_SELECT, 2, q);
+        vd_wr(d, VPC_Q_MSIX, 2, q + 1);
+    }
+    vd_driver_ok(d);
+}
+
+static uint16_t blk_used_idx(struct blk_env *e, unsigned q)
+{
+    return le16(e->d.ram + VD_RING(q) + 0x8000 + 2);
+}
+
+/* A multiqueue device: every queue's rings, indices and vector migrate. */
+static void test_virtio_blk_mq(void **state)
+{
+    (void)state;
+    struct blk_env *a = calloc(1, sizeof(*a)), *b = calloc(1, sizeof(*b));
+    blk_env_init_mq(a, VB_DISK, 2);
+    blk_env_init_mq(b, VB_DISK, 2);
+    struct vdrv *d = &a->d;
+    blk_up_mq(a);
+    /* Queues at different points, both wrapping: 11 on queue 0, 13 on queue 1. */
+    for (unsigned i = 0; i < 13; i++) {
+        for (unsigned q = 0; q < 2; q++) {
+            if (q == 0 && i >= 11)
+                continue;
+            blk_post_read_q(a, q, 2 * i + q, q);
+            vd_kick(d, q);
+            blk_expect_done_q(a, q, 2 * i + q, q);
+        }
+    }
+    assert_int_equal(d->msi_count[1], 11);
+    assert_int_equal(d->msi_count[2], 13);
+    /* Quiesced, a request kicked on queue 1 waits. */
+    virtio_pci_quiesce(a->d.vp);
+    blk_post_read_q(a, 1, 77, 2);
+    vd_kick(d, 1);
+    assert_false(vd_used(d, 1, NULL, NULL));
+    struct mig_out o;
+    mig_out_init(&o);
+    assert_int_equal(virtio_pci_save(a->d.vp, &o), 0);
+
+    /* The twin. */
+    memcpy(b->d.ram, a->d.ram, VD_RAM_SIZE);
+    memcpy(b->d.q, a->d.q, sizeof(a->d.q));
+    struct mig_out oc;
+    mig_out_init(&oc);
+    assert_int_equal(pci_func_save(&a->d.vp->func, &oc), 0);
+    assert_int_equal(LOAD_ALL(pci_func_load, &b->d.vp->func, &oc, PCI_FUNC_STATE_VERSION), 0);
+    mig_out_free(&oc);
+    assert_int_equal(LOAD_ALL(virtio_pci_load, b->d.vp, &o, VIRTIO_BLK_STATE_VERSION), 0);
+    vd_wr(&b->d, VPC_GFSELECT, 4, 0);
+    assert_true(vd_rd(&b->d, VPC_GF, 4) & FEAT(VIRTIO_BLK_F_MQ));
+    for (unsigned q = 0; q < 2; q++) {
+        vd_wr(&b->d, VPC_Q_SELECT, 2, q);
+        assert_int_equal(vd_rd(&b->d, VPC_Q_ENABLE, 2), 1);
+        assert_int_equal(vd_rd(&b->d, VPC_Q_MSIX, 2), q + 1);
+    }
+    virtio_pci_resume(b->d.vp);
+    blk_expect_done_q(b, 1, 77, 2); /* kicked on the source while paused */
+    assert_int_equal(blk_used_idx(b, 1), 14);
+    assert_int_equal(blk_used_idx(b, 0), 11);
+    assert_int_equal(b->d.msi_count[2], 1);
+    assert_int_equal(b->d.msi_count[1], 0);
+    blk_post_read_q(b, 0, 90, 3);
+    vd_kick(&b->d, 0);
+    blk_expect_done_q(b, 0, 90, 3);
+    assert_int_equal(blk_used_idx(b, 0), 12);
+    assert_int_equal(b->d.msi_count[1], 1);
+
+    /* Refusals: truncations, another version; another queue count either way. */
+    struct blk_env *c = calloc(1, sizeof(*c));
+    blk_env_init_mq(c, VB_DISK, 2);
+    CHECK_REFUSALS(virtio_pci_load, c->d.vp, &o, VIRTIO_BLK_STATE_VERSION);
+    struct blk_env *one = calloc(1, sizeof(*one)), *four = calloc(1, sizeof(*four));
+    blk_env_init_mq(one, VB_DISK, 1);
+    blk_env_init_mq(four, VB_DISK, 4);
+    assert_int_equal(LOAD_ALL(virtio_pci_load, one->d.vp, &o, VIRTIO_BLK_STATE_VERSION), -EINVAL);
+    assert_int_equal(LOAD_ALL(virtio_pci_load, four->d.vp, &o, VIRTIO_BLK_STATE_VERSION), -EINVAL);
+    mig_out_free(&o);
+    mig_out_init(&o);
+    virtio_pci_quiesce(one->d.vp);
+    assert_int_equal(virtio_pci_save(one->d.vp, &o), 0);
+    assert_int_equal(LOAD_ALL(virtio_pci_load, c->d.vp, &o, VIRTIO_BLK_STATE_VERSION), -EINVAL);
+    virtio_pci_resume(one->d.vp);
+    virtio_pci_resume(c->d.vp);
+    mig_out_free(&o);
+    struct blk_env *envs[] = {a, b, c, one, four};
+    for (unsigned i = 0; i < 5; i++) {
+        blk_env_fini(envs[i]);
+        free(envs[i]);
+    }
+}
+
+/* Requests in flight on both queues: save refuses, quiesce waits for all. */
+static void test_virtio_blk_mq_inflight(void **state)
+{
+    (void)state;
+    struct blk_env *a = calloc(1, sizeof(*a));
+    blk_env_init_mq(a, VB_DISK, 2);
+    blk_up_mq(a);
+    a->fb->defer = true;
+    blk_post_read_q(a, 1, 3, 0);
+    vd_kick(&a->d, 1);
+    blk_post_read_q(a, 0, 4, 1);
+    vd_kick(&a->d, 0);
+    assert_int_equal(a->fb->npending, 2);
+    struct mig_out o;
+    mig_out_init(&o);
+    assert_int_equal(virtio_pci_save(a->d.vp, &o), -EBUSY);
+    virtio_pci_quiesce(a->d.vp);
+    assert_int_equal(a->fb->npending, 0);
+    blk_expect_done_q(a, 1, 3, 0);
+    blk_expect_done_q(a, 0, 4, 1);
+    assert_int_equal(a->d.msi_count[2], 1);
+    assert_int_equal(a->d.msi_count[1], 1);
     assert_int_equal(virtio_pci_save(a->d.vp, &o), 0);
     virtio_pci_resume(a->d.vp);
     mig_out_free(&o);
@@ -1217,11 +1366,18 @@ static void test_nvme(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_uart),       cmocka_unit_test(test_cmos),
-        cmocka_unit_test(test_pm),         cmocka_unit_test(test_i8042_pvpanic),
-        cmocka_unit_test(test_fw_cfg),     cmocka_unit_test(test_pci),
-        cmocka_unit_test(test_virtio_blk), cmocka_unit_test(test_virtio_blk_inflight),
-        cmocka_unit_test(test_virtio_net), cmocka_unit_test(test_nvme),
+        cmocka_unit_test(test_uart),
+        cmocka_unit_test(test_cmos),
+        cmocka_unit_test(test_pm),
+        cmocka_unit_test(test_i8042_pvpanic),
+        cmocka_unit_test(test_fw_cfg),
+        cmocka_unit_test(test_pci),
+        cmocka_unit_test(test_virtio_blk),
+        cmocka_unit_test(test_virtio_blk_inflight),
+        cmocka_unit_test(test_virtio_blk_mq),
+        cmocka_unit_test(test_virtio_blk_mq_inflight),
+        cmocka_unit_test(test_virtio_net),
+        cmocka_unit_test(test_nvme),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

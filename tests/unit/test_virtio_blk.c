@@ -8,7 +8,11 @@
  * a config interrupt, then reset), indirect chains, asynchronous
  * completions with the in-flight cap, reset waiting for in-flight
  * requests, INTx with ISR versus MSI-X, the bus-master gate, the PCI_CFG
- * window and the doorbell list.
+ * window and the doorbell list. Multiqueue: MQ offered (and num_queues in
+ * the config) only with more than one queue, each queue's requests
+ * completing on its own used ring and MSI-X vector, per-queue in-flight
+ * caps, reset and the save-time busy check covering every queue, and the
+ * queue-count limits.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -118,7 +122,7 @@ struct env {
 #define STATUS  (VD_DATA + 0x100)
 #define ITAB    (VD_DATA + 0x80000)
 
-static struct env *make_env(bool ro, bool discard, uint16_t qsize)
+static struct env *make_env_mq(bool ro, bool discard, uint16_t qsize, unsigned nqueues)
 {
     struct env *e = calloc(1, sizeof(*e));
     assert_non_null(e);
@@ -137,10 +141,23 @@ static struct env *make_env(bool ro, bool discard, uint16_t qsize)
                                   .backend = &e->disk.be,
                                   .serial = "disk0-serial",
                                   .msi = &e->d.sink,
-                                  .queue_size = qsize};
+                                  .queue_size = qsize,
+                                  .nqueues = nqueues};
     assert_int_equal(virtio_blk_create(&p, &e->blk), 0);
     assert_int_equal(vd_attach(&e->d, virtio_blk_pci(e->blk)), 0);
     return e;
+}
+
+static struct env *make_env(bool ro, bool discard, uint16_t qsize)
+{
+    return make_env_mq(ro, discard, qsize, 0);
+}
+
+static void free_env(struct env *e)
+{
+    virtio_blk_destroy(e->blk);
+    vd_fini(&e->d);
+    free(e);
 }
 
 static void up(struct env *e, uint64_t extra)
@@ -182,9 +199,9 @@ static void hdr(struct env *e, uint32_t type, uint64_t sector)
     put64(h + 8, sector);
 }
 
-/* Runs one request: header, optional data, status; returns the status byte. */
-static int request(struct env *e, uint32_t type, uint64_t sector, uint32_t len, bool data_write,
-                   uint32_t *used_len)
+/* Runs one request on queue q: header, optional data, status; returns the status byte. */
+static int request_q(struct env *e, unsigned q, uint32_t type, uint64_t sector, uint32_t len,
+                     bool data_write, uint32_t *used_len)
 {
     hdr(e, type, sector);
     e->d.ram[STATUS] = 0xee;
@@ -193,16 +210,22 @@ static int request(struct env *e, uint32_t type, uint64_t sector, uint32_t len, 
     if (len)
         b[n++] = (struct vd_buf){DATA, len, data_write};
     b[n++] = (struct vd_buf){STATUS, 1, true};
-    uint16_t head = vd_chain(&e->d, 0, b, n);
-    vd_avail(&e->d, 0, head);
-    vd_kick(&e->d, 0);
+    uint16_t head = vd_chain(&e->d, q, b, n);
+    vd_avail(&e->d, q, head);
+    vd_kick(&e->d, q);
     uint32_t id, ulen;
-    if (!vd_used(&e->d, 0, &id, &ulen))
+    if (!vd_used(&e->d, q, &id, &ulen))
         return -1;
     assert_int_equal(id, head);
     if (used_len)
         *used_len = ulen;
     return e->d.ram[STATUS];
+}
+
+static int request(struct env *e, uint32_t type, uint64_t sector, uint32_t len, bool data_write,
+                   uint32_t *used_len)
+{
+    return request_q(e, 0, type, sector, len, data_write, used_len);
 }
 
 /* ---- tests ---- */
@@ -805,6 +828,300 @@ static void test_pci_cfg_window(void **state)
     assert_true(vd_used(d, 0, NULL, NULL));
 }
 
+/* ---- multiqueue ---- */
+
+#define MQ_N 4 /* VD_MAX_Q: the test driver's ring slots */
+
+/* FEATURES_OK with MQ (and extra), queues 0..n) of qsize entries, DRIVER_OK. */
+static void up_mq(struct env *e, unsigned n, uint16_t qsize, uint64_t extra)
+{
+    uint64_t want = FEAT(VIRTIO_F_VERSION_1) | FEAT(VIRTIO_BLK_F_MQ) | extra;
+    assert_true(vd_negotiate(&e->d, want) & VIRTIO_STATUS_FEATURES_OK);
+    for (unsigned q = 0; q < n; q++)
+        vd_queue(&e->d, q, qsize);
+    vd_driver_ok(&e->d);
+}
+
+/* MSI-X on: vector 0 for config, vector q + 1 for queue q. */
+static void msix_per_queue(struct env *e, unsigned n)
+{
+    struct vdrv *d = &e->d;
+    vd_msix_enable(d, n + 1);
+    vd_wr(d, VPC_MSIX, 2, 0);
+    for (unsigned q = 0; q < n; q++) {
+        vd_wr(d, VPC_Q_SELECT, 2, q);
+        vd_wr(d, VPC_Q_MSIX, 2, q + 1);
+        assert_int_equal(vd_rd(d, VPC_Q_MSIX, 2), q + 1);
+    }
+}
+
+static uint16_t used_idx(struct env *e, unsigned q)
+{
+    return le16(e->d.ram + VD_RING(q) + 0x8000 + 2);
+}
+
+static void test_mq_config(void **state)
+{
+    (void)state;
+    struct env *e = make_env_mq(false, false, 16, MQ_N);
+    struct vdrv *d = &e->d;
+    assert_true(vd_features(d) & FEAT(VIRTIO_BLK_F_MQ));
+    assert_int_equal(vd_rd(d, VIRTIO_PCI_DEVICE_OFF + VBLK_CFG_NUM_QUEUES, 2), MQ_N);
+    assert_int_equal(vd_rd(d, VIRTIO_PCI_DEVICE_OFF + VBLK_CFG_NUM_QUEUES - 2, 2), 0);
+    assert_int_equal(vd_rd(d, VIRTIO_PCI_DEVICE_OFF + VBLK_CFG_BLK_SIZE, 4), 512);
+    /* The transport: num_queues, each queue's size and notify offset, doorbells. */
+    assert_int_equal(vd_rd(d, VPC_NUMQ, 2), MQ_N);
+    struct virtio_doorbell db[VIRTIO_MAX_QUEUES];
+    assert_int_equal(virtio_pci_doorbells(d->vp, db, VIRTIO_MAX_QUEUES), MQ_N);
+    for (unsigned q = 0; q < MQ_N; q++) {
+        vd_wr(d, VPC_Q_SELECT, 2, q);
+        assert_int_equal(vd_rd(d, VPC_Q_SIZE, 2), 16);
+        assert_int_equal(vd_rd(d, VPC_Q_NOFF, 2), q);
+        assert_int_equal(db[q].offset, VIRTIO_PCI_NOTIFY_OFF + 4 * q);
+        assert_int_equal(db[q].queue, q);
+    }
+    vd_wr(d, VPC_Q_SELECT, 2, MQ_N);
+    assert_int_equal(vd_rd(d, VPC_Q_SIZE, 2), 0);
+    uint16_t n = vd_find_cap(d, PCI_CAP_ID_VNDR, VIRTIO_PCI_CAP_NOTIFY_CFG);
+    assert_int_equal(vd_cfg_read(d, n + 12u, 4), 4 * MQ_N);
+    /* One MSI-X vector per queue plus config. */
+    uint16_t x = vd_find_cap(d, PCI_CAP_ID_MSIX, 0);
+    assert_int_equal((vd_cfg_read(d, x + 2u, 2) & 0x7ff) + 1, MQ_N + 1);
+    /* The driver may take MQ; it reads back. */
+    assert_true(vd_negotiate(d, FEAT(VIRTIO_F_VERSION_1) | FEAT(VIRTIO_BLK_F_MQ)) &
+                VIRTIO_STATUS_FEATURES_OK);
+    vd_wr(d, VPC_GFSELECT, 4, 0);
+    assert_int_equal(vd_rd(d, VPC_GF, 4), FEAT(VIRTIO_BLK_F_MQ));
+    free_env(e);
+}
+
+/* One queue (nqueues 0 or 1): no MQ, num_queues 0, the same config bytes. */
+static void test_single_queue_no_mq(void **state)
+{
+    (void)state;
+    struct env *e0 = make_env_mq(false, true, 16, 0), *e1 = make_env_mq(false, true, 16, 1);
+    for (int i = 0; i < 2; i++) {
+        struct vdrv *d = i ? &e1->d : &e0->d;
+        assert_false(vd_features(d) & FEAT(VIRTIO_BLK_F_MQ));
+        assert_int_equal(vd_rd(d, VIRTIO_PCI_DEVICE_OFF + VBLK_CFG_NUM_QUEUES, 2), 0);
+        assert_int_equal(vd_rd(d, VPC_NUMQ, 2), 1);
+        assert_false(vd_negotiate(d, FEAT(VIRTIO_F_VERSION_1) | FEAT(VIRTIO_BLK_F_MQ)) &
+                     VIRTIO_STATUS_FEATURES_OK);
+    }
+    assert_int_equal(vd_features(&e0->d), vd_features(&e1->d));
+    for (uint32_t off = 0; off < VIRTIO_BLK_CONFIG_LEN; off++)
+        assert_int_equal(vd_rd(&e0->d, VIRTIO_PCI_DEVICE_OFF + off, 1),
+                         vd_rd(&e1->d, VIRTIO_PCI_DEVICE_OFF + off, 1));
+    /* A kick of a queue that does not exist does nothing. */
+    up(e1, 0);
+    virtio_pci_kick(e1->d.vp, 1);
+    vd_wr(&e1->d, VIRTIO_PCI_NOTIFY_OFF + 4, 2, 1);
+    assert_int_equal(request(e1, VIRTIO_BLK_T_IN, 0, 512, true, NULL), VIRTIO_BLK_S_OK);
+    free_env(e0);
+    free_env(e1);
+}
+
+/* Each queue's requests complete on its own used ring and its own vector. */
+static void test_mq_own_ring_and_vector(void **state)
+{
+    (void)state;
+    struct env *e = make_env_mq(false, false, 16, 2);
+    struct vdrv *d = &e->d;
+    up_mq(e, 2, 16, 0);
+    msix_per_queue(e, 2);
+    uint32_t ulen;
+    assert_int_equal(request_q(e, 1, VIRTIO_BLK_T_IN, 5, 512, true, &ulen), VIRTIO_BLK_S_OK);
+    assert_int_equal(ulen, 513);
+    assert_memory_equal(d->ram + DATA, e->disk.data + 5 * 512, 512);
+    assert_int_equal(used_idx(e, 1), 1);
+    assert_int_equal(used_idx(e, 0), 0);
+    assert_int_equal(d->msi_count[2], 1);
+    assert_int_equal(d->msi_count[1], 0);
+    assert_int_equal(d->msi_count[0], 0);
+
+    memset(d->ram + DATA, 0x3c, 512);
+    assert_int_equal(request_q(e, 0, VIRTIO_BLK_T_OUT, 7, 512, false, NULL), VIRTIO_BLK_S_OK);
+    assert_int_equal(e->disk.data[7 * 512], 0x3c);
+    assert_int_equal(used_idx(e, 0), 1);
+    assert_int_equal(used_idx(e, 1), 1);
+    assert_int_equal(d->msi_count[1], 1);
+    assert_int_equal(d->msi_count[2], 1);
+
+    /* Through the ioeventfd path too, and the queues keep their own indices. */
+    for (unsigned i = 0; i < 3; i++) {
+        hdr(e, VIRTIO_BLK_T_FLUSH, 0);
+        struct vd_buf b[2] = {{HDR, 16, false}, {STATUS, 1, true}};
+        vd_avail(d, 1, vd_chain(d, 1, b, 2));
+        virtio_pci_kick(d->vp, 1);
+        assert_true(vd_used(d, 1, NULL, NULL));
+    }
+    assert_int_equal(used_idx(e, 1), 4);
+    assert_int_equal(used_idx(e, 0), 1);
+    assert_int_equal(d->msi_count[2], 4);
+    assert_int_equal(d->msi_count[1], 1);
+    assert_int_equal(d->level_raises, 0);
+
+    /* A malformed chain on queue 1 makes the whole device need a reset. */
+    struct vd_buf bad[1] = {{HDR, 4, false}};
+    vd_avail(d, 1, vd_chain(d, 1, bad, 1));
+    vd_kick(d, 1);
+    assert_true(vd_rd(d, VPC_STATUS, 1) & VIRTIO_STATUS_NEEDS_RESET);
+    assert_int_equal(d->msi_count[0], 1);
+    free_env(e);
+}
+
+/* Posts flush i on queue q as one descriptor pointing at a 2-entry indirect table. */
+static void post_flush(struct env *e, unsigned q, unsigned i)
+{
+    unsigned slot = q * 8 + i;
+    uint64_t h = HDR + 0x10 * slot, t = ITAB + 0x100 * slot;
+    put32(e->d.ram + h, VIRTIO_BLK_T_FLUSH);
+    vd_desc_at(&e->d, t, 0, h, 16, VIRTQ_DESC_F_NEXT, 1);
+    vd_desc_at(&e->d, t, 1, STATUS + slot, 1, VIRTQ_DESC_F_WRITE, 0);
+    vd_desc(&e->d, q, i, t, 32, VIRTQ_DESC_F_INDIRECT, 0);
+    vd_avail(&e->d, q, (uint16_t)i);
+}
+
+/* Completes the deferred request at position k. */
+static void md_complete_at(struct memdisk *m, unsigned k)
+{
+    struct blk_req *r = m->deferred[k];
+    memmove(m->deferred + k, m->deferred + k + 1, (--m->ndeferred - k) * sizeof(r));
+    r->done(r, run_req(m, r));
+}
+
+static void test_mq_async(void **state)
+{
+    (void)state;
+    struct env *e = make_env_mq(false, false, 4, 2);
+    struct vdrv *d = &e->d;
+    up_mq(e, 2, 4, FEAT(VIRTIO_F_INDIRECT_DESC));
+    msix_per_queue(e, 2);
+    e->disk.defer = true;
+    /* Queue 0 at its in-flight cap: four taken, four more held back. */
+    for (unsigned i = 0; i < 4; i++)
+        post_flush(e, 0, i);
+    vd_kick(d, 0);
+    for (unsigned i = 0; i < 4; i++)
+        vd_avail(d, 0, (uint16_t)i);
+    vd_kick(d, 0);
+    assert_int_equal(e->disk.ndeferred, 4);
+    /* Queue 1 is not held back by queue 0's cap. */
+    post_flush(e, 1, 0);
+    post_flush(e, 1, 1);
+    vd_kick(d, 1);
+    assert_int_equal(e->disk.ndeferred, 6);
+    /* Queue 1's second request completes first: on queue 1's ring and vector only. */
+    md_complete_at(&e->disk, 5);
+    assert_int_equal(used_idx(e, 1), 1);
+    assert_int_equal(used_idx(e, 0), 0);
+    assert_int_equal(d->msi_count[2], 1);
+    assert_int_equal(d->msi_count[1], 0);
+    uint32_t id;
+    assert_true(vd_used(d, 1, &id, NULL));
+    assert_int_equal(id, 1);
+    /* One of queue 0's: it takes one held-back request, queue 1 unchanged. */
+    md_complete_at(&e->disk, 0);
+    assert_int_equal(e->disk.ndeferred, 5);
+    assert_int_equal(used_idx(e, 0), 1);
+    assert_int_equal(used_idx(e, 1), 1);
+    assert_int_equal(d->msi_count[1], 1);
+    /* The rest: eight on queue 0, two on queue 1, each interrupt on its vector. */
+    md_complete_all(&e->disk);
+    assert_int_equal(used_idx(e, 0), 8);
+    assert_int_equal(used_idx(e, 1), 2);
+    assert_int_equal(d->msi_count[1], 8);
+    assert_int_equal(d->msi_count[2], 2);
+    assert_int_equal(e->disk.ops[BLK_FLUSH], 10);
+    for (unsigned i = 0; i < 4; i++)
+        assert_int_equal(d->ram[STATUS + i], VIRTIO_BLK_S_OK);
+    assert_int_equal(d->ram[STATUS + 8], VIRTIO_BLK_S_OK);
+    assert_int_equal(d->ram[STATUS + 9], VIRTIO_BLK_S_OK);
+
+    /* Reset with requests in flight on both queues waits for all of them. */
+    e->disk.defer = true;
+    post_flush(e, 0, 0);
+    post_flush(e, 1, 2);
+    vd_kick(d, 0);
+    vd_kick(d, 1);
+    assert_int_equal(e->disk.ndeferred, 2);
+    vd_wr(d, VPC_STATUS, 1, 0);
+    assert_int_equal(e->disk.ndeferred, 0);
+    assert_int_equal(e->disk.ops[BLK_FLUSH], 12);
+    /* And both queues work after it. */
+    up_mq(e, 2, 4, 0);
+    assert_int_equal(request_q(e, 1, VIRTIO_BLK_T_IN, 0, 512, true, NULL), VIRTIO_BLK_S_OK);
+    assert_int_equal(request_q(e, 0, VIRTIO_BLK_T_IN, 1, 512, true, NULL), VIRTIO_BLK_S_OK);
+    free_env(e);
+}
+
+/* The device's save refuses while any queue has a request in flight. */
+static void test_mq_save_busy(void **state)
+{
+    (void)state;
+    for (unsigned busy = 0; busy < 2; busy++) {
+        struct env *e = make_env_mq(false, false, 8, 2);
+        up_mq(e, 2, 8, FEAT(VIRTIO_F_INDIRECT_DESC));
+        struct virtio_dev *dev = e->d.vp->dev;
+        struct mig_out o;
+        mig_out_init(&o);
+        e->disk.defer = true;
+        post_flush(e, busy, 0);
+        vd_kick(&e->d, busy);
+        assert_int_equal(e->disk.ndeferred, 1);
+        assert_int_equal(dev->ops->save(dev, &o), -EBUSY);
+        assert_int_equal(virtio_pci_save(e->d.vp, &o), -EBUSY);
+        md_complete_all(&e->disk);
+        assert_true(vd_used(&e->d, busy, NULL, NULL));
+        assert_int_equal(dev->ops->save(dev, &o), 0);
+        mig_out_free(&o);
+        mig_out_init(&o);
+        virtio_pci_quiesce(e->d.vp);
+        assert_int_equal(virtio_pci_save(e->d.vp, &o), 0);
+        virtio_pci_resume(e->d.vp);
+        mig_out_free(&o);
+        free_env(e);
+    }
+}
+
+/* Two queues kicked alternately while another thread completes requests from both. */
+static void test_mq_threaded_completions(void **state)
+{
+    (void)state;
+    struct env *e = make_env_mq(false, false, 16, 2);
+    up_mq(e, 2, 16, 0);
+    msix_per_queue(e, 2);
+    e->disk.be.ops = &md_thread_ops;
+    e->disk.defer = true;
+    struct completer c = {&e->disk, &md_lock, false};
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, complete_thread, &c), 0);
+    unsigned done[2] = {0, 0}, n = 2000;
+    for (unsigned i = 0; i < n; i++) {
+        unsigned q = i % 2, slot = q * 8 + (i / 2) % 8;
+        uint64_t h = ITAB + 0x20 * slot;
+        put32(e->d.ram + h, VIRTIO_BLK_T_FLUSH);
+        struct vd_buf b[2] = {{h, 16, false}, {STATUS + slot, 1, true}};
+        while ((uint16_t)(e->d.q[q].avail_idx - done[q]) >= 8)
+            done[q] += vd_used(&e->d, q, NULL, NULL);
+        vd_avail(&e->d, q, vd_chain(&e->d, q, b, 2));
+        vd_kick(&e->d, q);
+    }
+    while (done[0] < n / 2 || done[1] < n / 2)
+        for (unsigned q = 0; q < 2; q++)
+            done[q] += vd_used(&e->d, q, NULL, NULL);
+    c.stop = true;
+    pthread_join(t, NULL);
+    assert_int_equal(e->disk.ops[BLK_FLUSH], n);
+    assert_int_equal(used_idx(e, 0), n / 2);
+    assert_int_equal(used_idx(e, 1), n / 2);
+    /* Every completion interrupted on its own queue's vector (no EVENT_IDX). */
+    assert_int_equal(e->d.msi_count[1], n / 2);
+    assert_int_equal(e->d.msi_count[2], n / 2);
+    e->disk.be.ops = &md_ops;
+    free_env(e);
+}
+
 static void test_create_checks(void **state)
 {
     (void)state;
@@ -820,6 +1137,25 @@ static void test_create_checks(void **state)
     p.queue_size = 0;
     m->be.info.block_size = 100;
     assert_int_equal(virtio_blk_create(&p, &b), -EINVAL);
+    m->be.info.block_size = 512;
+    /* Queue counts: 0 means 1, up to VIRTIO_BLK_MAX_QUEUES, nothing beyond. */
+    p.nqueues = VIRTIO_BLK_MAX_QUEUES + 1;
+    assert_int_equal(virtio_blk_create(&p, &b), -EINVAL);
+    assert_null(b);
+    p.nqueues = 1000;
+    assert_int_equal(virtio_blk_create(&p, &b), -EINVAL);
+    p.nqueues = UINT32_MAX;
+    assert_int_equal(virtio_blk_create(&p, &b), -EINVAL);
+    p.nqueues = VIRTIO_BLK_MAX_QUEUES;
+    assert_int_equal(virtio_blk_create(&p, &b), 0);
+    assert_int_equal(virtio_blk_pci(b)->dev->nqueues, VIRTIO_BLK_MAX_QUEUES);
+    assert_true(virtio_blk_pci(b)->dev->host_features & FEAT(VIRTIO_BLK_F_MQ));
+    virtio_blk_destroy(b);
+    p.nqueues = 0;
+    assert_int_equal(virtio_blk_create(&p, &b), 0);
+    assert_int_equal(virtio_blk_pci(b)->dev->nqueues, 1);
+    assert_false(virtio_blk_pci(b)->dev->host_features & FEAT(VIRTIO_BLK_F_MQ));
+    virtio_blk_destroy(b);
     m->be.info.block_size = 4096;
     p.serial = "a-serial-longer-than-twenty-bytes";
     assert_int_equal(virtio_blk_create(&p, &b), 0);
@@ -859,6 +1195,12 @@ int main(void)
         T(test_threaded_completions),
         T(test_pci_cfg_window),
         cmocka_unit_test(test_create_checks),
+        cmocka_unit_test(test_mq_config),
+        cmocka_unit_test(test_single_queue_no_mq),
+        cmocka_unit_test(test_mq_own_ring_and_vector),
+        cmocka_unit_test(test_mq_async),
+        cmocka_unit_test(test_mq_save_busy),
+        cmocka_unit_test(test_mq_threaded_completions),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
