@@ -43,7 +43,10 @@ struct cli_args {
     int argc;
     char **argv; /* operands only, options removed */
     bool set[CLI_MAX_OPTIONS];
-    const char *value[CLI_MAX_OPTIONS];
+    const char *value[CLI_MAX_OPTIONS]; /* the last value given */
+    /* Every value of each option, in order, for options that may repeat. */
+    int count[CLI_MAX_OPTIONS];
+    const char **values[CLI_MAX_OPTIONS];
     const char *server; /* the global --server ADDR:PORT, never NULL */
 };
 

@@ -560,9 +560,21 @@ const struct cli_command cli_server_commands[] = {
                 "and per phase the time, bytes, pages and passes. --downtime-ms sets the\n"
                 "source's downtime budget first (a cella extension).\n"
                 "\n"
+                "The --to server must have no instance. With --start-target, when nothing\n"
+                "answers at --to (an IP address of this host), cella starts\n"
+                "`cella-server run ADDR:PORT ARG...` there, with each --target-arg ARG in\n"
+                "order (the host facts: --bootrom=FILE, --kernel=FILE, ...). The server is\n"
+                "$CELLA_SERVER_BIN, else cella-server next to cella (or in its build\n"
+                "tree), else on $PATH. It runs detached, in its own session, with its\n"
+                "output appended to --target-log FILE (default: a new file in $TMPDIR,\n"
+                "its path printed), and cella waits up to 10 s (or --timeout) for it to\n"
+                "answer 424 NoInstance. It keeps running after cella ends, whether the\n"
+                "migration succeeded (it runs the instance) or not; its pid is printed.\n"
+                "A server that already answers at --to is used as is.\n"
+                "\n"
                 "Exit status: 0 migrated, 1 the migration failed (the instance runs on\n"
                 "at the source) or a server said no, 2 usage error, 3 a server cannot be\n"
-                "reached.\n",
+                "reached (or the --start-target server did not start; it was stopped).\n",
         .min_args = 0,
         .max_args = 16,
         .options = cli_migrate_options,

@@ -5,7 +5,9 @@
  * Sends the target a MigrationTarget ensure (the source's properties, a new
  * migration id, the --replace components), follows both servers'
  * migration-status until the migration finished or failed, and prints the
- * source's report (blackout and per-phase breakdown).
+ * source's report (blackout and per-phase breakdown). With --start-target it
+ * first starts an empty cella-server at the target address when nothing
+ * answers there (spawn.c).
  */
 #include <errno.h>
 #include <jansson.h>
@@ -18,9 +20,23 @@
 
 #include "cli/cli.h"
 #include "cli/http.h"
+#include "cli/spawn.h"
 #include "spec/bodies.h"
 
-enum { MIG_FROM, MIG_TO, MIG_REPLACE, MIG_DOWNTIME, MIG_TIMEOUT };
+enum {
+    MIG_FROM,
+    MIG_TO,
+    MIG_REPLACE,
+    MIG_DOWNTIME,
+    MIG_TIMEOUT,
+    MIG_START,
+    MIG_TARGET_ARG,
+    MIG_TARGET_LOG,
+};
+_Static_assert(MIG_TARGET_LOG < CLI_MAX_OPTIONS, "cella migrate has too many options");
+
+/* Longest wait for a server started by --start-target to answer. */
+#define START_WAIT_S 10.0
 
 #define REPLACE_FILE_MAX (1u << 20)
 
@@ -129,6 +145,88 @@ static void print_report(const json_t *rep)
         printf("error: %s\n", err);
 }
 
+/* Follows both sides to the end and prints the source's report. */
+static int follow(const struct cli_server *src, const struct cli_server *dst, const char *id,
+                  double t0, double timeout)
+{
+    int rc = CLI_OK;
+    const char *last_s = NULL, *last_t = NULL;
+    char ls[32] = "", lt[32] = "";
+    bool done = false;
+    while (!done) {
+        if (now_s() - t0 > timeout) {
+            cli_error("the migration did not end within %.0f s", timeout);
+            return CLI_INVALID;
+        }
+        json_t *ss = NULL, *ts = NULL;
+        if (call(src, "GET", "/instance/migration-status", NULL, 10000, &ss) != CLI_OK ||
+            call(dst, "GET", "/instance/migration-status", NULL, 10000, &ts) != CLI_OK) {
+            json_decref(ss);
+            json_decref(ts);
+            return CLI_INVALID;
+        }
+        last_s = side_state(ss, "migration_out");
+        last_t = side_state(ts, "migration_in");
+        if ((last_s && strcmp(last_s, ls)) || (last_t && strcmp(last_t, lt))) {
+            snprintf(ls, sizeof(ls), "%s", last_s ? last_s : "-");
+            snprintf(lt, sizeof(lt), "%s", last_t ? last_t : "-");
+            fprintf(stderr, "%7.2f s  source %-13s target %s\n", now_s() - t0, ls, lt);
+        }
+        done = ended(last_t) && (ended(last_s) || strcmp(lt, "Error") == 0);
+        bool ok = last_t && strcmp(last_t, "Finish") == 0;
+        json_decref(ss);
+        json_decref(ts);
+        if (!done)
+            usleep(100000);
+        else if (!ok)
+            rc = CLI_INVALID;
+    }
+    /* The source files its report as the migration ends: wait for this one. */
+    for (double until = now_s() + 10; now_s() < until; usleep(100000)) {
+        struct cli_http_reply hr;
+        char why[CLI_HTTP_WHY_MAX];
+        int r =
+            cli_http(src, "GET", "/instance/migration-report", NULL, 10000, &hr, why, sizeof(why));
+        if (r < 0)
+            break;
+        json_t *rep = hr.status == 200 ? json_loadb(hr.body, hr.len, 0, NULL) : NULL;
+        cli_http_reply_free(&hr);
+        const char *rid = json_string_value(json_object_get(rep, "migration_id"));
+        if (rid && strcmp(rid, id) == 0) {
+            print_report(rep);
+            json_decref(rep);
+            break;
+        }
+        json_decref(rep);
+    }
+    if (rc != CLI_OK)
+        cli_error("the migration failed; the instance runs on at %s", src->hostport);
+    return rc;
+}
+
+/*
+ * --start-target: uses a server that answers at dst, or starts an empty
+ * cella-server there when nothing does (connection refused).
+ */
+static int prepare_target(const struct cli_args *a, const struct cli_server *dst, double timeout,
+                          struct cli_spawned *spawned)
+{
+    struct cli_http_reply rep;
+    char why[CLI_HTTP_WHY_MAX];
+    int r = cli_http(dst, "GET", "/instance", NULL, 5000, &rep, why, sizeof(why));
+    if (r == 0 || r == -E2BIG) {
+        /* Already serving: it is the target, empty or not (the ensure says). */
+        cli_http_reply_free(&rep);
+        fprintf(stderr, "cella: a server answers at %s: migrating to it\n", dst->hostport);
+        return CLI_OK;
+    }
+    if (r != -ECONNREFUSED)
+        return cli_unreachable(dst->hostport, why);
+    double wait_s = timeout < START_WAIT_S ? timeout : START_WAIT_S;
+    return cli_spawn_server(dst, a->values[MIG_TARGET_ARG], a->count[MIG_TARGET_ARG],
+                            a->value[MIG_TARGET_LOG], wait_s, spawned);
+}
+
 int cli_cmd_migrate(const struct cli_command *cmd, const struct cli_args *a)
 {
     (void)cmd;
@@ -152,6 +250,34 @@ int cli_cmd_migrate(const struct cli_command *cmd, const struct cli_args *a)
             return CLI_USAGE;
         }
     }
+    unsigned long downtime_ms = 0;
+    if (a->set[MIG_DOWNTIME]) {
+        char *end;
+        downtime_ms = strtoul(a->value[MIG_DOWNTIME], &end, 10);
+        if (*end || !a->value[MIG_DOWNTIME][0] || downtime_ms == 0 || downtime_ms > 600000) {
+            cli_error("--downtime-ms \"%s\" is not 1..600000", a->value[MIG_DOWNTIME]);
+            return CLI_USAGE;
+        }
+    }
+    if (!a->set[MIG_START] && (a->set[MIG_TARGET_ARG] || a->set[MIG_TARGET_LOG])) {
+        cli_error("--target-arg and --target-log go with --start-target");
+        return CLI_USAGE;
+    }
+    if (a->set[MIG_START]) {
+        int local = cli_local_address(dst.host);
+        if (local < 0) {
+            cli_error("--start-target: --to must be an IP address of this host (such as "
+                      "127.0.0.1:PORT), not the name \"%s\"",
+                      dst.host);
+            return CLI_USAGE;
+        }
+        if (local == 0) {
+            cli_error("--start-target starts the target server on this host, and %s is not "
+                      "an address of this host",
+                      dst.host);
+            return CLI_USAGE;
+        }
+    }
     json_t *inst = NULL;
     int rc = call(&src, "GET", "/instance", NULL, 30000, &inst);
     if (rc != CLI_OK)
@@ -161,21 +287,6 @@ int cli_cmd_migrate(const struct cli_command *cmd, const struct cli_args *a)
         json_decref(inst);
         cli_error("the source's GET /instance has no properties");
         return CLI_INVALID;
-    }
-    if (a->set[MIG_DOWNTIME]) {
-        char *end;
-        unsigned long ms = strtoul(a->value[MIG_DOWNTIME], &end, 10);
-        if (*end || !a->value[MIG_DOWNTIME][0] || ms == 0 || ms > 600000) {
-            json_decref(inst);
-            cli_error("--downtime-ms \"%s\" is not 1..600000", a->value[MIG_DOWNTIME]);
-            return CLI_USAGE;
-        }
-        char body[64];
-        snprintf(body, sizeof(body), "{\"downtime_ms\":%lu}", ms);
-        if ((rc = call(&src, "PUT", "/instance/migration-settings", body, 30000, NULL)) != CLI_OK) {
-            json_decref(inst);
-            return rc;
-        }
     }
     char id[37];
     json_t *replace = json_object();
@@ -201,62 +312,26 @@ int cli_cmd_migrate(const struct cli_command *cmd, const struct cli_args *a)
     json_decref(body);
     if (!text)
         return CLI_INVALID;
-    fprintf(stderr, "migration %s: %s -> %s\n", id, src.hostport, dst.hostport);
-    double t0 = now_s();
-    rc = call(&dst, "PUT", "/instance", text, (long)(timeout * 1000), NULL);
-    free(text);
-    if (rc != CLI_OK)
+    struct cli_spawned spawned = {0};
+    if (a->set[MIG_START] && (rc = prepare_target(a, &dst, timeout, &spawned)) != CLI_OK) {
+        free(text);
         return rc;
-    const char *last_s = NULL, *last_t = NULL;
-    char ls[32] = "", lt[32] = "";
-    bool done = false;
-    while (!done) {
-        if (now_s() - t0 > timeout) {
-            cli_error("the migration did not end within %.0f s", timeout);
-            return CLI_INVALID;
-        }
-        json_t *ss = NULL, *ts = NULL;
-        if (call(&src, "GET", "/instance/migration-status", NULL, 10000, &ss) != CLI_OK ||
-            call(&dst, "GET", "/instance/migration-status", NULL, 10000, &ts) != CLI_OK) {
-            json_decref(ss);
-            json_decref(ts);
-            return CLI_INVALID;
-        }
-        last_s = side_state(ss, "migration_out");
-        last_t = side_state(ts, "migration_in");
-        if ((last_s && strcmp(last_s, ls)) || (last_t && strcmp(last_t, lt))) {
-            snprintf(ls, sizeof(ls), "%s", last_s ? last_s : "-");
-            snprintf(lt, sizeof(lt), "%s", last_t ? last_t : "-");
-            fprintf(stderr, "%7.2f s  source %-13s target %s\n", now_s() - t0, ls, lt);
-        }
-        done = ended(last_t) && (ended(last_s) || strcmp(lt, "Error") == 0);
-        bool ok = last_t && strcmp(last_t, "Finish") == 0;
-        json_decref(ss);
-        json_decref(ts);
-        if (!done)
-            usleep(100000);
-        else if (!ok)
-            rc = CLI_INVALID;
     }
-    /* The source files its report as the migration ends: wait for this one. */
-    for (double until = now_s() + 10; now_s() < until; usleep(100000)) {
-        struct cli_http_reply hr;
-        char why[CLI_HTTP_WHY_MAX];
-        if (cli_http(&src, "GET", "/instance/migration-report", NULL, 10000, &hr, why,
-                     sizeof(why)) < 0)
-            break;
-        json_t *rep = hr.status == 200 ? json_loadb(hr.body, hr.len, 0, NULL) : NULL;
-        cli_http_reply_free(&hr);
-        const char *rid = json_string_value(json_object_get(rep, "migration_id"));
-        if (rid && strcmp(rid, id) == 0) {
-            print_report(rep);
-            json_decref(rep);
-            break;
-        }
-        json_decref(rep);
+    if (a->set[MIG_DOWNTIME]) {
+        char settings[64];
+        snprintf(settings, sizeof(settings), "{\"downtime_ms\":%lu}", downtime_ms);
+        rc = call(&src, "PUT", "/instance/migration-settings", settings, 30000, NULL);
     }
-    if (rc != CLI_OK)
-        cli_error("the migration failed; the instance runs on at %s", src.hostport);
+    double t0 = 0;
+    if (rc == CLI_OK) {
+        fprintf(stderr, "migration %s: %s -> %s\n", id, src.hostport, dst.hostport);
+        t0 = now_s();
+        rc = call(&dst, "PUT", "/instance", text, (long)(timeout * 1000), NULL);
+    }
+    free(text);
+    if (rc == CLI_OK)
+        rc = follow(&src, &dst, id, t0, timeout);
+    cli_spawned_report(&spawned, &dst, rc == CLI_OK);
     return rc;
 }
 
@@ -267,5 +342,11 @@ const struct cli_option cli_migrate_options[] = {
                      "Replace backend KEY with the ReplacementComponent in FILE (JSON)"},
     [MIG_DOWNTIME] = {"downtime-ms", "N", "The source's downtime budget (default 300)"},
     [MIG_TIMEOUT] = {"timeout", "SECONDS", "Give up after SECONDS (default 600)"},
+    [MIG_START] = {"start-target", NULL,
+                   "Start an empty cella-server at --to (a local address) if none answers"},
+    [MIG_TARGET_ARG] = {"target-arg", "ARG",
+                        "With --start-target: pass ARG to cella-server (repeatable)"},
+    [MIG_TARGET_LOG] = {"target-log", "FILE",
+                        "With --start-target: append the server's output to FILE"},
     {0},
 };

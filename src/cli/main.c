@@ -99,18 +99,19 @@ static int usage_error(const char *path, const struct cli_command *cmd, const ch
     return CLI_USAGE;
 }
 
-/* Parses options and operands of a leaf command, then runs it. */
-static int run_leaf(const char *path, const struct cli_command *cmd, int argc, char **argv)
+/*
+ * Parses the options and operands of a leaf command into *a. Returns -1 when
+ * the command is to run, else an exit status (help was shown, or a usage
+ * error reported).
+ */
+static int parse_leaf(const char *path, const struct cli_command *cmd, int argc, char **argv,
+                      struct cli_args *a)
 {
-    struct cli_args a;
-    memset(&a, 0, sizeof(a));
-    a.argv = argv; /* operands are compacted in place */
-    a.server = server_addr;
     bool options_done = false;
     for (int i = 0; i < argc; i++) {
         const char *arg = argv[i];
         if (options_done || arg[0] != '-' || strcmp(arg, "-") == 0) {
-            argv[a.argc++] = argv[i];
+            argv[a->argc++] = argv[i];
             continue;
         }
         if (strcmp(arg, "--") == 0) {
@@ -124,9 +125,9 @@ static int run_leaf(const char *path, const struct cli_command *cmd, int argc, c
         if (strncmp(arg, "--server", 8) == 0 && (arg[8] == '\0' || arg[8] == '=')) {
             /* The global option, also accepted after the command. */
             if (arg[8] == '=')
-                a.server = arg + 9;
+                a->server = arg + 9;
             else if (i + 1 < argc)
-                a.server = argv[++i];
+                a->server = argv[++i];
             else
                 return usage_error(path, cmd, "option --server needs a value (ADDR:PORT)");
             continue;
@@ -153,17 +154,39 @@ static int run_leaf(const char *path, const struct cli_command *cmd, int argc, c
             snprintf(msg, sizeof(msg), "option --%s takes no value", o->name);
             return usage_error(path, cmd, msg);
         }
-        a.set[found] = true;
-        if (o->value)
-            a.value[found] = eq ? eq + 1 : argv[++i];
+        a->set[found] = true;
+        if (!o->value)
+            continue;
+        a->value[found] = eq ? eq + 1 : argv[++i];
+        /* Every value is kept too, for options that may repeat (one per word at most). */
+        if (!a->values[found] && !(a->values[found] = calloc((size_t)argc, sizeof(char *)))) {
+            cli_error("out of memory");
+            return CLI_INVALID;
+        }
+        a->values[found][a->count[found]++] = a->value[found];
     }
-    if (a.argc < cmd->min_args || a.argc > cmd->max_args) {
+    if (a->argc < cmd->min_args || a->argc > cmd->max_args) {
         char msg[160];
         snprintf(msg, sizeof(msg), "%s operands: expected %s",
-                 a.argc < cmd->min_args ? "missing" : "too many", cmd->operands);
+                 a->argc < cmd->min_args ? "missing" : "too many", cmd->operands);
         return usage_error(path, cmd, msg);
     }
-    return cmd->run(cmd, &a);
+    return -1;
+}
+
+/* Parses the options and operands of a leaf command, then runs it. */
+static int run_leaf(const char *path, const struct cli_command *cmd, int argc, char **argv)
+{
+    struct cli_args a;
+    memset(&a, 0, sizeof(a));
+    a.argv = argv; /* operands are compacted in place */
+    a.server = server_addr;
+    int r = parse_leaf(path, cmd, argc, argv, &a);
+    if (r < 0)
+        r = cmd->run(cmd, &a);
+    for (int k = 0; k < CLI_MAX_OPTIONS; k++)
+        free(a.values[k]);
+    return r;
 }
 
 /* Runs argv (the words after the group's name) against a group. */

@@ -71,6 +71,12 @@ class FakePropolis:
         self.gone_at_end = False
         self.history = b""
         self.serial = Serial()
+        # Migration: the id of the last MigrationTarget ensure; the sides'
+        # states for migration-status ({"migration_in": "Finish", ...}); the
+        # source's report (a dict, or a callable returning one), else 404.
+        self.migration_id = None
+        self.migration = {}
+        self.report = None
         self._stopping = threading.Event()
 
     # ---- lifetime ----
@@ -182,9 +188,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if fake.instance is not None:
                 return self._error(409, "Server already initialized", "AlreadyInitialized")
             body = req.json()
+            if body["init"]["method"] == "MigrationTarget":
+                fake.migration_id = body["init"]["value"]["migration_id"]
+                fake.instance = {"properties": body["properties"], "state": "Migrating"}
+                return self._send(201, {"migrate": {"migration_id": fake.migration_id}})
             fake.instance = {"properties": body["properties"], "state": "Creating"}
             fake.spec = body["init"]["value"]["spec"]
             return self._send(201, {"migrate": None})
+        if req.path == "/instance/migration-settings":
+            if not self._need_instance() or self._canned("settings"):
+                return
+            return self._send(204)
         if req.path == "/instance/state":
             if not self._need_instance() or self._canned("state"):
                 return
@@ -215,6 +229,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self._send(200, {"properties": fake.instance["properties"],
                                  "state": fake.instance["state"],
                                  "spec": {"type": "Present", "value": fake.spec}})
+        elif req.path == "/instance/migration-status":
+            if self._need_instance() and not self._canned("migration-status"):
+                nil = "00000000-0000-0000-0000-000000000000"
+                self._send(200, {side: ({"id": fake.migration_id or nil,
+                                         "state": fake.migration[side]}
+                                        if side in fake.migration else None)
+                                 for side in ("migration_in", "migration_out")})
+        elif req.path == "/instance/migration-report":
+            if self._need_instance() and fake.report is not None:
+                self._send(200, fake.report() if callable(fake.report) else fake.report)
+            elif fake.instance is not None:
+                self._error(404, "no migration report", "NotFound")
         elif req.path == "/instance/state-monitor":
             if self._need_instance() and not self._canned("monitor"):
                 self._monitor(req.json()["gen"])
