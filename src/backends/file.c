@@ -77,6 +77,7 @@ struct file_backend {
     pthread_mutex_t cq_lock; /* ring completion side */
     int cq_efd;              /* the ring's eventfd: a completion was posted */
     atomic_bool cq_stop;
+    atomic_ullong reaped_inline, reaped_thread; /* completions, by who reaped them */
     pthread_t cq_thread;
     bool cq_running;
     struct be_inflight inflight;
@@ -432,6 +433,7 @@ static unsigned ring_reap(struct file_backend *f, bool wait)
     }
     io_uring_cq_advance(&f->ring, n);
     pthread_mutex_unlock(&f->cq_lock);
+    atomic_fetch_add(wait ? &f->reaped_thread : &f->reaped_inline, n);
     for (unsigned i = 0; i < n; i++)
         ring_complete(f, got[i].op, got[i].res);
     return n;
@@ -577,6 +579,11 @@ static void file_free(struct file_backend *f)
 
 static void file_close(struct blk_backend *b)
 {
+    struct file_backend *fb = (struct file_backend *)b;
+    if (fb->uring)
+        log_msg(LOG_DEBUG, "blk-file",
+                "%s: %llu completions reaped by the submitter, %llu by the completion thread",
+                fb->path, atomic_load(&fb->reaped_inline), atomic_load(&fb->reaped_thread));
     file_drain(b);
     file_free((struct file_backend *)b);
 }
