@@ -335,7 +335,8 @@ def cella_server(a, kit, tmp, name):
     port = free_port()
     p = spawn([os.path.join(a.build, "src", "server", "cella-server"), "run",
                f"127.0.0.1:{port}", "--kernel", kit["GUEST_BZIMAGE"], "--initrd",
-               kit["GUEST_INITRAMFS"], "--cmdline", kit["GUEST_CMDLINE"], "--log-level", "error"],
+               kit["GUEST_INITRAMFS"], "--cmdline", kit["GUEST_CMDLINE"], "--log-level",
+               a.server_log_level],
               os.path.join(tmp, f"{name}.log"))
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
@@ -416,6 +417,12 @@ def run_cella(a, kit, scenario, seed):
                 "bandwidth_MiBps": report.get("bandwidth_bps", 0) / MIB,
                 "phases": phases, "loop_rate": rate, "check": check}
     finally:
+        if a.keep_logs:
+            keep = os.path.join(a.keep_logs, f"{scenario}-{seed}")
+            os.makedirs(keep, exist_ok=True)
+            for name in ("source.log", "target.log"):
+                if os.path.exists(os.path.join(tmp, name)):
+                    shutil.copy(os.path.join(tmp, name), keep)
         cleanup(cons, procs, tmp)
 
 
@@ -649,6 +656,9 @@ def main():
     ap.add_argument("--boot-timeout", type=float, default=300)
     ap.add_argument("--poll", type=float, default=0.05, help="query-migrate interval, s")
     ap.add_argument("--json", help="also write every run's raw results here")
+    ap.add_argument("--server-log-level", default="error",
+                    help="cella-server --log-level (default error)")
+    ap.add_argument("--keep-logs", help="copy each cella run's server logs into DIR/SCENARIO-SEED/")
     ap.add_argument("--build", default=os.environ.get("CELLA_BUILD_DIR",
                                                       os.path.join(ROOT, "build")))
     a = ap.parse_args()

@@ -224,11 +224,14 @@ static size_t serial_input(void *ctx, const uint8_t *buf, size_t len)
 
 /* ---- machine lifecycle (worker thread, or ensure) ---- */
 
-static int build_machine(struct instance *inst, struct machine **out, struct cella_errors *errs)
+static int build_machine(struct instance *inst, bool incoming, struct machine **out,
+                         struct cella_errors *errs)
 {
     struct machine_callbacks cb = {
         .ctx = inst, .event = on_machine_event, .serial_out = on_serial_out};
-    return machine_create(&inst->spec, &inst->host.boot, inst->backends, &cb, out, errs);
+    struct machine_host host = inst->host.boot;
+    host.incoming = incoming;
+    return machine_create(&inst->spec, &host, inst->backends, &cb, out, errs);
 }
 
 static void set_machine(struct instance *inst, struct machine *m)
@@ -304,7 +307,7 @@ static void do_reboot(struct instance *inst, const char *why)
     drop_machine(inst);
     struct cella_errors errs = {0};
     struct machine *m = NULL;
-    int r = build_machine(inst, &m, &errs);
+    int r = build_machine(inst, false, &m, &errs);
     if (r == 0 && (r = machine_start(m)) < 0)
         machine_destroy(m);
     if (r < 0) {
@@ -699,7 +702,7 @@ static int tgt_prepare(void *ctx, const char *json, size_t len, bool check_only,
                          errs);
     struct machine *m = NULL;
     if (r == 0)
-        r = build_machine(inst, &m, errs);
+        r = build_machine(inst, true, &m, errs);
     if (r < 0)
         return r;
     inst->target_m = m;
@@ -907,7 +910,7 @@ static int ensure_spec(struct instance *inst, const struct ensure_request *req, 
     fill_macs(&inst->spec);
     if (backend_set_open(&inst->spec, 0, on_backend_event, inst, &inst->backends, errs) < 0)
         return -EINVAL; /* a backend that cannot be opened is the spec's problem: 400 */
-    r = build_machine(inst, m, errs);
+    r = build_machine(inst, false, m, errs);
     /*
      * A CPUID the host cannot provide is the spec's problem (400);
      * anything else that stops the build is the server's (500).

@@ -124,6 +124,31 @@ static uint64_t out_words(const struct guest_mem *m)
     return (m->size / GUEST_PAGE_SIZE + 63) / 64;
 }
 
+int guest_mem_holes(const struct guest_mem *m, uint64_t *bits)
+{
+    if (m->fd < 0)
+        return -ENOTSUP;
+    off_t size = (off_t)m->size, off = 0;
+    while (off < size) {
+        off_t hole = lseek(m->fd, off, SEEK_HOLE);
+        if (hole < 0)
+            return -errno;
+        if (hole >= size)
+            break;
+        off_t data = lseek(m->fd, hole, SEEK_DATA);
+        if (data < 0 && errno != ENXIO)
+            return -errno;
+        if (data < 0 || data > size)
+            data = size; /* ENXIO: a hole up to the end */
+        uint64_t first = ((uint64_t)hole + GUEST_PAGE_SIZE - 1) / GUEST_PAGE_SIZE;
+        uint64_t end = (uint64_t)data / GUEST_PAGE_SIZE;
+        for (uint64_t pg = first; pg < end; pg++)
+            bits[pg / 64] |= 1ull << (pg % 64);
+        off = data;
+    }
+    return 0;
+}
+
 uint64_t guest_mem_offset_of(const struct guest_mem *m, uint64_t gpa)
 {
     const struct guest_mem_region *r = guest_mem_region_of(m, gpa);

@@ -93,6 +93,14 @@ void guest_mem_dirty_take(struct guest_mem *m, uint64_t *out);
  * is writing (machine paused or devices quiesced). */
 void guest_mem_dirty_stop(struct guest_mem *m);
 
+/*
+ * Sets bit i of bits (size / 4096 bits, by memfd offset like the dirty
+ * log) for every page i the memfd has never allocated: a hole, which reads
+ * as zeroes without reading it (reading would allocate it). Other bits are
+ * left alone. -ENOTSUP for a plain buffer, else 0 or -errno from lseek.
+ */
+int guest_mem_holes(const struct guest_mem *m, uint64_t *bits);
+
 /* The memfd offset of gpa (page index = offset / 4096), or UINT64_MAX. */
 uint64_t guest_mem_offset_of(const struct guest_mem *m, uint64_t gpa);
 

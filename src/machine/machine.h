@@ -31,6 +31,13 @@ struct machine_host {
     const char *bootrom; /* firmware image (SeaBIOS, OVMF) */
     /* Option ROM SeaBIOS runs to boot a fw_cfg kernel (linuxboot_dma.bin). */
     const char *linuxboot_rom;
+    /*
+     * The machine is a live-migration target: its RAM and vCPU state come
+     * from the source, so a direct-boot kernel is only checked for being
+     * readable, not decompressed and loaded (a reset rebuilds the machine
+     * and boots it then). Not a host fact; set by the owner per build.
+     */
+    bool incoming;
 };
 
 enum machine_event {

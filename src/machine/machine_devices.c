@@ -722,6 +722,13 @@ int machine_devices_create(struct machine *m, const struct instance_spec *spec,
         r = boot_fw_setup(m, &m->dev->fw, host, &p, errs);
         return r < 0 ? r : add_bootorder(m, spec, errs);
     }
+    if (host->kernel && host->incoming) {
+        /* RAM (ACPI tables and kernel included) and registers arrive. */
+        if (access(host->kernel, R_OK) < 0 || (host->initrd && access(host->initrd, R_OK) < 0))
+            return cella_err(errs, -errno, "", "cannot read the boot kernel or initrd: %s",
+                             strerror(errno));
+        return 0;
+    }
     if (host->kernel) {
         uint64_t rsdp = 0;
         r = place_acpi(m, &rsdp, errs);

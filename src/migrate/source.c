@@ -24,6 +24,7 @@ struct src {
     uint64_t npages;
     size_t nwords;
     uint64_t *bits;
+    uint64_t *holes; /* pass 1: pages the memfd never allocated (zero, not read) */
     struct mig_ram_batch *batch;
 
     enum mig_phase phase;
@@ -308,8 +309,11 @@ static int flush_batch(struct src *x)
     return poll_peer(x);
 }
 
-/* Sends every page set in bits (in ascending order); *count gets how many. */
-static int send_pages(struct src *x, const uint64_t *bits, uint64_t *count)
+/*
+ * Sends every page set in bits (in ascending order); *count gets how many.
+ * Pages set in holes (may be NULL) go as zero pages without being read.
+ */
+static int send_pages(struct src *x, const uint64_t *bits, const uint64_t *holes, uint64_t *count)
 {
     *count = 0;
     mig_ram_batch_reset(x->batch);
@@ -321,7 +325,8 @@ static int send_pages(struct src *x, const uint64_t *bits, uint64_t *count)
             if (page >= x->npages)
                 break;
             const uint8_t *ptr = x->mem->base + page * GUEST_PAGE_SIZE;
-            const uint8_t *data = mig_page_is_zero(ptr) ? NULL : ptr;
+            bool hole = holes && (holes[page / 64] >> (page % 64) & 1);
+            const uint8_t *data = hole || mig_page_is_zero(ptr) ? NULL : ptr;
             if (!mig_ram_batch_add(x->batch, page, data)) {
                 int r = flush_batch(x);
                 if (r < 0)
@@ -380,9 +385,17 @@ static int precopy(struct src *x)
         if ((r = x->vm->dirty_clear(x->p->vm, x->bits)) < 0)
             return cella_err(x->errs, r, "", "migration: cannot re-arm dirty tracking: %s",
                              strerror(-r));
+        /*
+         * Pass 1 does not read (and so allocate) RAM the guest never
+         * touched: the memfd's holes, taken after the log was armed, so a
+         * page written since is sent again by a later pass.
+         */
+        const uint64_t *holes = NULL;
+        if (pass == 1 && x->holes && guest_mem_holes(x->mem, x->holes) == 0)
+            holes = x->holes;
         uint64_t t = now_us();
         uint64_t bytes0 = x->st->phase[x->phase].bytes, sent;
-        if ((r = send_pages(x, x->bits, &sent)) < 0 || (r = pass_end(x, pass, sent)) < 0)
+        if ((r = send_pages(x, x->bits, holes, &sent)) < 0 || (r = pass_end(x, pass, sent)) < 0)
             return r;
         uint64_t dt = now_us() - t, db = x->st->phase[x->phase].bytes - bytes0;
         if (!dt)
@@ -429,7 +442,7 @@ static int final_ram(struct src *x)
     if ((r = x->vm->dirty_fetch(x->p->vm, x->bits)) < 0)
         return cella_err(x->errs, r, "", "migration: cannot read the dirty log: %s", strerror(-r));
     uint64_t sent;
-    if ((r = send_pages(x, x->bits, &sent)) < 0)
+    if ((r = send_pages(x, x->bits, NULL, &sent)) < 0)
         return r;
     x->st->final_dirty_pages = sent;
     return pass_end(x, x->st->passes + 1, sent);
@@ -658,6 +671,7 @@ int mig_source_run(struct mig_stream *s, const struct mig_source_params *p,
         x.npages = x.mem->size / GUEST_PAGE_SIZE;
         x.nwords = (size_t)((x.npages + 63) / 64);
         x.bits = calloc(x.nwords, 8);
+        x.holes = calloc(x.nwords, 8); /* optional: NULL only costs reads */
         x.batch = malloc(sizeof(*x.batch));
         r = x.bits && x.batch ? run(&x) : cella_err(errs, -ENOMEM, "", "migration: out of memory");
     }
@@ -684,6 +698,7 @@ int mig_source_run(struct mig_stream *s, const struct mig_source_params *p,
     }
     res->stats.total_us = now_us() - x.t0;
     free(x.bits);
+    free(x.holes);
     free(x.batch);
     mig_out_free(&x.out);
     return r;

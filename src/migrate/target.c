@@ -6,7 +6,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
+
+#include "common/log.h"
 
 #define PATH_MAX_LEN 200
 
@@ -32,6 +35,14 @@ struct mig_target {
     uint64_t npages;
     uint64_t *seen; /* pages received at least once */
     uint64_t nseen;
+    /*
+     * Pages known to hold zeroes (NULL: none known): the memfd's holes at
+     * the first RAM batch, then kept true (a zero page written sets it, a
+     * data page clears it), so a zero page is only written where needed.
+     * Untouched RAM is not allocated by writing zeroes into it.
+     */
+    uint64_t *zero;
+    bool zero_ready;
 
     struct mig_kind_version accepted[MIG_MAX_KINDS];
     size_t naccepted;
@@ -311,6 +322,33 @@ static bool seen_all(const struct mig_target *t)
     return t->nseen == t->npages;
 }
 
+/*
+ * Allocates the guest pages a batch will copy data into, one system call
+ * per stretch of consecutive data pages instead of one page fault per page
+ * (a hint: on failure the copy faults them in as usual).
+ */
+static void populate_data_pages(struct mig_target *t, const struct mig_msg_ram *r)
+{
+    uint32_t k = 0;
+    for (uint32_t i = 0; i < r->nruns; i++) {
+        uint64_t first, start = UINT64_MAX;
+        uint32_t count;
+        mig_ram_run(r, i, &first, &count);
+        for (uint64_t pg = first; pg <= first + count; pg++, k++) {
+            bool data = pg < first + count && !mig_ram_is_zero(r, k);
+            if (data && start == UINT64_MAX)
+                start = pg;
+            if (!data && start != UINT64_MAX) {
+                if (pg - start > 1)
+                    madvise(t->mem->base + start * GUEST_PAGE_SIZE, (pg - start) * GUEST_PAGE_SIZE,
+                            MADV_POPULATE_WRITE);
+                start = UINT64_MAX;
+            }
+        }
+        k--; /* the loop's last step is past the run */
+    }
+}
+
 static int ram_batch(struct mig_target *t, const struct mig_msg_ram *r)
 {
     /* Check every run first: a batch is applied whole or not at all. */
@@ -324,6 +362,15 @@ static int ram_batch(struct mig_target *t, const struct mig_msg_ram *r)
                              (unsigned long long)first, (unsigned long long)(first + count - 1),
                              (unsigned long long)t->npages);
     }
+    if (!t->zero_ready) {
+        t->zero_ready = true;
+        t->zero = calloc((size_t)((t->npages + 63) / 64), 8);
+        if (t->zero && guest_mem_holes(t->mem, t->zero) < 0) {
+            free(t->zero);
+            t->zero = NULL;
+        }
+    }
+    populate_data_pages(t, r);
     uint32_t k = 0;
     const uint8_t *data = r->data;
     for (uint32_t i = 0; i < r->nruns; i++) {
@@ -332,13 +379,18 @@ static int ram_batch(struct mig_target *t, const struct mig_msg_ram *r)
         mig_ram_run(r, i, &first, &count);
         for (uint64_t pg = first; pg < first + count; pg++, k++) {
             uint8_t *dst = t->mem->base + pg * GUEST_PAGE_SIZE;
+            uint64_t bit = 1ull << (pg % 64);
             if (mig_ram_is_zero(r, k)) {
-                memset(dst, 0, GUEST_PAGE_SIZE);
+                if (!t->zero || !(t->zero[pg / 64] & bit))
+                    memset(dst, 0, GUEST_PAGE_SIZE);
+                if (t->zero)
+                    t->zero[pg / 64] |= bit;
             } else {
                 memcpy(dst, data, GUEST_PAGE_SIZE);
                 data += GUEST_PAGE_SIZE;
+                if (t->zero)
+                    t->zero[pg / 64] &= ~bit;
             }
-            uint64_t bit = 1ull << (pg % 64);
             if (!(t->seen[pg / 64] & bit)) {
                 t->seen[pg / 64] |= bit;
                 t->nseen++;
@@ -551,6 +603,7 @@ static int handshake(struct mig_target *t, bool *released)
     if (m.type != MIG_MSG_RELEASED)
         return unexpected(t, &m, "RELEASED");
     *released = true;
+    log_msg(LOG_DEBUG, "migrate", "target: RELEASED; opening the backends");
     size_t before = cella_errors_total(t->errs);
     r = t->p.hooks->open_backends ? t->p.hooks->open_backends(t->p.ctx, t->errs) : 0;
     if (r < 0) {
@@ -558,9 +611,11 @@ static int handshake(struct mig_target *t, bool *released)
             cella_err(t->errs, r, "", "migration: cannot open the backends: %s", strerror(-r));
         return r;
     }
+    log_msg(LOG_DEBUG, "migrate", "target: backends open; resuming the machine");
     r = t->vm.ops->resume(t->vm.vm);
     if (r < 0)
         return cella_err(t->errs, r, "", "migration: cannot start the machine: %s", strerror(-r));
+    log_msg(LOG_DEBUG, "migrate", "target: machine resumed; sending COMMIT");
     /*
      * Committed: the guest runs here. COMMIT only tells the source; if it
      * cannot be delivered the source stays paused (UNKNOWN), never runs.
@@ -618,6 +673,7 @@ void mig_target_free(struct mig_target *t)
     mig_stream_free(t->s);
     mig_out_free(&t->out);
     free(t->seen);
+    free(t->zero);
     free(t->blob.buf);
     free(t->blobs_done);
     free(t);

@@ -422,7 +422,9 @@ static int run(const struct instance_spec *spec, const struct args *a, struct ba
          run_cmd(ma, "(i=0; while :; do i=$((i+1)); echo $i > /tmp/c; done) &", 30, NULL, 0) == 0;
     ok = ok && (!a->pre_cmd || run_cmd(ma, a->pre_cmd, 60, NULL, 0) == 0);
     ok = ok && (before = read_counter(ma)) > 0;
-    struct machine *mb = ok ? build(spec, &a->host, bs) : NULL;
+    struct machine_host incoming = a->host;
+    incoming.incoming = true; /* B's RAM and registers come from A */
+    struct machine *mb = ok ? build(spec, &incoming, bs) : NULL;
     ok = ok && mb;
     int r = ok ? migrate(ma, mb, a->passes) : 0;
     if (r < 0)
