@@ -33,6 +33,7 @@ static const char *const type_names[MIG_MSG_TYPE_MAX + 1] = {
     [MIG_MSG_COMMIT] = "COMMIT",
     [MIG_MSG_ABORT] = "ABORT",
     [MIG_MSG_ERROR] = "ERROR",
+    [MIG_MSG_RAM_PASS_APPLIED] = "RAM_PASS_APPLIED",
 };
 
 const char *mig_phase_name(enum mig_phase p)
@@ -391,6 +392,7 @@ int mig_msg_decode(const uint8_t *buf, size_t len, struct mig_msg *m, struct cel
         dec_ram(&d, &m->u.ram);
         break;
     case MIG_MSG_RAM_PASS_END:
+    case MIG_MSG_RAM_PASS_APPLIED:
         m->u.pass_end.pass = mig_get_u32(&d.in);
         m->u.pass_end.pages = mig_get_u64(&d.in);
         break;
@@ -549,6 +551,7 @@ static int enc_body(const struct mig_msg *m, struct mig_out *o)
         return 0;
     }
     case MIG_MSG_RAM_PASS_END:
+    case MIG_MSG_RAM_PASS_APPLIED:
         mig_put_u32(o, m->u.pass_end.pass);
         mig_put_u64(o, m->u.pass_end.pages);
         return 0;

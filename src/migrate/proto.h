@@ -29,9 +29,13 @@
 #include "common/mig_buf.h"
 #include "machine/machine_mig.h"
 
-/* Protocol versions this build speaks, oldest first. */
+/*
+ * Protocol versions this build speaks, oldest first. Version 2 adds
+ * RAM_PASS_APPLIED (the target acknowledges each pre-copy pass once it
+ * has written it into guest RAM).
+ */
 #define MIG_PROTO_VERSION_OLDEST 1
-#define MIG_PROTO_VERSION_NEWEST 1
+#define MIG_PROTO_VERSION_NEWEST 2
 
 /* Caps on what a peer may send. */
 #define MIG_MAX_VERSIONS    16           /* versions offered in HELLO */
@@ -52,23 +56,24 @@
 #define MIG_MSG_MAX (MIG_PAYLOAD_MAX + 4096u)
 
 enum mig_msg_type {
-    MIG_MSG_HELLO = 1,          /* T->S: versions offered, advertised address */
-    MIG_MSG_HELLO_ACK = 2,      /* S->T: the chosen version */
-    MIG_MSG_PREAMBLE = 3,       /* S->T: spec wire JSON, RAM size, payload kinds */
-    MIG_MSG_PREAMBLE_ACK = 4,   /* T->S: accepted versions per kind, or reasons */
-    MIG_MSG_PHASE = 5,          /* S->T: the source entered a phase */
-    MIG_MSG_RAM_BATCH = 6,      /* S->T: up to MIG_RAM_BATCH_PAGES pages */
-    MIG_MSG_RAM_PASS_END = 7,   /* S->T: one pass over the dirty set is done */
-    MIG_MSG_DEVICE = 8,         /* S->T: one state payload (kind, id, version) */
-    MIG_MSG_SERIAL_HISTORY = 9, /* S->T: COM1 history bytes */
-    MIG_MSG_BLOB = 10,          /* S->T: a chunk of a blob backend's contents */
-    MIG_MSG_READY = 11,         /* T->S: all state loaded; release your backends */
-    MIG_MSG_RELEASED = 12,      /* S->T: source backends closed; the target decides */
-    MIG_MSG_COMMIT = 13,        /* T->S: the target runs the guest */
-    MIG_MSG_ABORT = 14,         /* T->S: the target will not run (after RELEASED) */
-    MIG_MSG_ERROR = 15,         /* either: the sender gives up, with a reason */
+    MIG_MSG_HELLO = 1,             /* T->S: versions offered, advertised address */
+    MIG_MSG_HELLO_ACK = 2,         /* S->T: the chosen version */
+    MIG_MSG_PREAMBLE = 3,          /* S->T: spec wire JSON, RAM size, payload kinds */
+    MIG_MSG_PREAMBLE_ACK = 4,      /* T->S: accepted versions per kind, or reasons */
+    MIG_MSG_PHASE = 5,             /* S->T: the source entered a phase */
+    MIG_MSG_RAM_BATCH = 6,         /* S->T: up to MIG_RAM_BATCH_PAGES pages */
+    MIG_MSG_RAM_PASS_END = 7,      /* S->T: one pass over the dirty set is done */
+    MIG_MSG_DEVICE = 8,            /* S->T: one state payload (kind, id, version) */
+    MIG_MSG_SERIAL_HISTORY = 9,    /* S->T: COM1 history bytes */
+    MIG_MSG_BLOB = 10,             /* S->T: a chunk of a blob backend's contents */
+    MIG_MSG_READY = 11,            /* T->S: all state loaded; release your backends */
+    MIG_MSG_RELEASED = 12,         /* S->T: source backends closed; the target decides */
+    MIG_MSG_COMMIT = 13,           /* T->S: the target runs the guest */
+    MIG_MSG_ABORT = 14,            /* T->S: the target will not run (after RELEASED) */
+    MIG_MSG_ERROR = 15,            /* either: the sender gives up, with a reason */
+    MIG_MSG_RAM_PASS_APPLIED = 16, /* T->S (v2): a pre-copy pass is in guest RAM */
 };
-#define MIG_MSG_TYPE_MAX MIG_MSG_ERROR
+#define MIG_MSG_TYPE_MAX MIG_MSG_RAM_PASS_APPLIED
 
 /* Phases (Propolis's MigrationState names), in the order a migration goes. */
 enum mig_phase {
@@ -174,7 +179,7 @@ struct mig_msg {
         struct {
             uint32_t pass;
             uint64_t pages;
-        } pass_end; /* RAM_PASS_END */
+        } pass_end; /* RAM_PASS_END, RAM_PASS_APPLIED */
         struct mig_msg_device device;
         struct mig_msg_serial serial;
         struct mig_msg_blob blob;

@@ -347,6 +347,28 @@ static int pass_end(struct src *x, uint32_t pass, uint64_t pages)
     return send_msg(x, &m);
 }
 
+/*
+ * Version 2: waits until the target has the pass in guest RAM, so the
+ * pass's time (and the bandwidth estimate) is end to end, and the pause
+ * never waits for a backlog of RAM still queued on the way to the target.
+ */
+static int pass_applied(struct src *x, uint32_t pass)
+{
+    if (x->st->version < 2)
+        return 0;
+    struct mig_msg m;
+    int r = recv_msg(x, &m, "RAM_PASS_APPLIED");
+    if (r < 0)
+        return r;
+    if (m.type != MIG_MSG_RAM_PASS_APPLIED)
+        return unexpected(x, &m, "RAM_PASS_APPLIED");
+    if (m.u.pass_end.pass != pass)
+        return cella_err(x->errs, -EPROTO, "",
+                         "migration: the target acknowledged pass %u where pass %u was due",
+                         m.u.pass_end.pass, pass);
+    return 0;
+}
+
 static uint64_t popcount(const uint64_t *bits, size_t nwords)
 {
     uint64_t n = 0;
@@ -395,7 +417,8 @@ static int precopy(struct src *x)
             holes = x->holes;
         uint64_t t = now_us();
         uint64_t bytes0 = x->st->phase[x->phase].bytes, sent;
-        if ((r = send_pages(x, x->bits, holes, &sent)) < 0 || (r = pass_end(x, pass, sent)) < 0)
+        if ((r = send_pages(x, x->bits, holes, &sent)) < 0 || (r = pass_end(x, pass, sent)) < 0 ||
+            (r = pass_applied(x, pass)) < 0)
             return r;
         uint64_t dt = now_us() - t, db = x->st->phase[x->phase].bytes - bytes0;
         if (!dt)

@@ -142,7 +142,10 @@ static void send_error(struct mig_target *t, enum mig_msg_type type, size_t firs
 static int hello(struct mig_target *t)
 {
     struct mig_msg m = {.type = MIG_MSG_HELLO};
-    for (uint32_t v = MIG_PROTO_VERSION_NEWEST; v >= MIG_PROTO_VERSION_OLDEST && v; v--)
+    uint32_t newest = MIG_PROTO_VERSION_NEWEST;
+    if (t->p.cfg.max_version >= MIG_PROTO_VERSION_OLDEST && t->p.cfg.max_version < newest)
+        newest = t->p.cfg.max_version;
+    for (uint32_t v = newest; v >= MIG_PROTO_VERSION_OLDEST && v; v--)
         m.u.hello.versions[m.u.hello.nversions++] = v;
     m.u.hello.addr = mig_str_of(t->p.advertise_addr);
     if (m.u.hello.addr.len > MIG_MAX_ADDR)
@@ -574,6 +577,12 @@ static int receive_state(struct mig_target *t)
         case MIG_MSG_RAM_PASS_END:
             t->st.phase[t->phase].passes++;
             t->st.passes++;
+            if (t->version >= 2 && t->phase == MIG_PHASE_RAM_PUSH) {
+                /* Everything before it is applied: tell the source. */
+                struct mig_msg ack = {.type = MIG_MSG_RAM_PASS_APPLIED,
+                                      .u.pass_end = m->u.pass_end};
+                r = send_msg(t, &ack);
+            }
             break;
         case MIG_MSG_DEVICE:
             r = device(t, &m->u.device);

@@ -51,6 +51,7 @@ struct mig_target_config {
     int connect_timeout_ms;    /* 0: 10 s */
     int stall_ms;              /* peer silence that ends the migration; 0: 30 s */
     uint32_t total_timeout_ms; /* stage 2 must reach RELEASED by then; 0: never */
+    uint32_t max_version;      /* newest protocol version to offer; 0: this build's newest */
 };
 
 /* What prepare built. */

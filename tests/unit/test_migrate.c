@@ -102,6 +102,15 @@ static void test_codec_small(void **state)
     assert_int_equal(b.u.pass_end.pass, 7);
     assert_true(b.u.pass_end.pages == 1ull << 40);
 
+    m.type = MIG_MSG_RAM_PASS_APPLIED;
+    m.u.pass_end.pass = 3;
+    m.u.pass_end.pages = 12;
+    roundtrip(&m, &b);
+    assert_int_equal(b.type, MIG_MSG_RAM_PASS_APPLIED);
+    assert_int_equal(b.u.pass_end.pass, 3);
+    assert_true(b.u.pass_end.pages == 12);
+    assert_string_equal(mig_msg_type_name(MIG_MSG_RAM_PASS_APPLIED), "RAM_PASS_APPLIED");
+
     static const enum mig_msg_type empty[] = {MIG_MSG_READY, MIG_MSG_RELEASED, MIG_MSG_COMMIT};
     for (size_t i = 0; i < 3; i++) {
         m.type = empty[i];
@@ -992,7 +1001,7 @@ static void test_full_migration(void **state)
     const struct mig_stats *st = &p.sr->res.stats;
     assert_true(st->converged);
     assert_true(st->passes >= 1);
-    assert_int_equal(st->version, 1);
+    assert_int_equal(st->version, MIG_PROTO_VERSION_NEWEST);
     assert_true(st->phase[MIG_PHASE_RAM_PUSH].pages >= RAM_PAGES);
     assert_true(st->phase[MIG_PHASE_RAM_PUSH].zero_pages >= RAM_PAGES / 3);
     /* Zero pages cost nothing: the first pass is ~2/3 of RAM on the wire. */
@@ -1000,6 +1009,31 @@ static void test_full_migration(void **state)
     assert_true(st->blackout_us > 0);
     assert_true(st->blackout_us <= st->total_us);
     assert_true(st->phase[MIG_PHASE_DEVICE].messages == 4); /* PHASE + 3 payloads */
+    pair_free(&p);
+}
+
+/*
+ * A target that speaks only version 1 (no RAM_PASS_APPLIED): the source
+ * picks version 1 and does not wait for acknowledgements.
+ */
+static void test_version1_target(void **state)
+{
+    (void)state;
+    struct pair p;
+    pair_init(&p);
+    p.sr->side.vm.dirty_rate = 20;
+    pair_run(&p, (struct mig_target_config){.max_version = 1});
+    if (p.sr->rc != 0 || p.t_run != 0) {
+        dump_errs("source", &p.sr->errs);
+        dump_errs("target", &p.terrs);
+    }
+    assert_int_equal(p.t_start, 0);
+    assert_int_equal(p.t_run, 0);
+    assert_int_equal(p.sr->rc, 0);
+    assert_int_equal(p.sr->res.outcome, MIG_OUTCOME_COMMITTED);
+    assert_int_equal(p.sr->res.stats.version, 1);
+    assert_memory_equal(p.sr->side.vm.ram, p.tg->vm.ram, RAM_PAGES * 4096);
+    assert_int_equal(p.tg->vm.resumes, 1);
     pair_free(&p);
 }
 
@@ -1505,7 +1539,7 @@ static void test_tcp_migration(void **state)
         .ctx = p.tg,
     };
     assert_int_equal(mig_target_start(&tp, &p.t, &p.terrs), 0);
-    assert_int_equal(mig_target_version(p.t), 1);
+    assert_int_equal(mig_target_version(p.t), MIG_PROTO_VERSION_NEWEST);
     assert_int_equal(mig_target_run(p.t, &p.terrs), 0);
     const struct mig_stats *tst = mig_target_stats(p.t);
     assert_true(tst->phase[MIG_PHASE_RAM_PUSH].pages >= RAM_PAGES);
@@ -1636,6 +1670,7 @@ int main(void)
         cmocka_unit_test(test_codec_malformed),
         cmocka_unit_test(test_stream_basics),
         cmocka_unit_test(test_full_migration),
+        cmocka_unit_test(test_version1_target),
         cmocka_unit_test(test_convergence_max_passes),
         cmocka_unit_test(test_convergence_time_limit),
         cmocka_unit_test(test_converges_quickly),
