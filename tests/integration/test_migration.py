@@ -226,7 +226,16 @@ def test_memory_integrity_under_dirtying(server, kit, tmp_path):
     wait_state(dst, "Running", 30)
     con.close()
     con2 = Console(dst, "?most_recent=0")
-    con2.check("memtouch check")
+    try:
+        con2.check("memtouch check")
+    except (AssertionError, websocket.WebSocketException) as e:
+        # Say what the target and the migration looked like (seen once in CI:
+        # a target whose console never answered).
+        h = dst.get("/instance/serial/history", params={"most_recent": 4096}).json()
+        raise AssertionError(
+            f"{e!r}; target state {state(dst)}; target console tail "
+            f"{bytes(h.get('data', []))[-2000:]!r}; source report "
+            f"{src.get('/instance/migration-report').text}") from e
     rep = src.get("/instance/migration-report")
     assert rep.status_code == 200, rep.text
     report = rep.json()
@@ -256,6 +265,48 @@ def test_ping_pong(server, kit, tmp_path):
         here = there
     h = here.get("/instance/serial/history", params={"from_start": 0}).json()
     assert READY in bytes(h["data"])
+
+
+def test_migrate_starts_the_target(server, kit, tmp_path):
+    """`cella migrate --start-target`: nothing listens at --to; cella starts an
+    empty cella-server there (with the host facts given), and the guest moves
+    into it and keeps counting."""
+    import re
+    import signal
+    from conftest import free_port
+    src, con = start_vm(server, tmp_path, "[main]\ncpus = 1\nmemory = 128\n")
+    con.check(COUNTER)
+    con.close()
+    port = free_port()
+    log = tmp_path / "started-target.log"
+    p = subprocess.run([CELLA, "migrate", "--from", f"127.0.0.1:{src.port}", "--to",
+                        f"127.0.0.1:{port}", "--timeout", "300", "--start-target",
+                        f"--target-arg=--kernel={kit['GUEST_BZIMAGE']}",
+                        f"--target-arg=--initrd={kit['GUEST_INITRAMFS']}",
+                        f"--target-arg=--cmdline={kit['GUEST_CMDLINE']}",
+                        "--target-log", str(log)],
+                       capture_output=True, text=True, timeout=400)
+    m = re.search(r"\(pid (\d+)\)", p.stderr)
+    pid = int(m.group(1)) if m else None
+    try:
+        assert p.returncode == 0, f"cella migrate: {p.returncode}\n{p.stdout}\n{p.stderr}"
+        assert pid, p.stderr
+        import types
+        import requests
+        base = f"http://127.0.0.1:{port}"
+        there = types.SimpleNamespace(
+            port=port, base=base,
+            get=lambda path, **kw: requests.get(base + path, timeout=30, **kw))
+        wait_state(there, "Running", 30)
+        wait_state(src, "Destroyed", 30)
+        c = Console(there, "?most_recent=0")
+        n1 = counter(c)
+        time.sleep(0.5)
+        assert counter(c) > n1
+        c.close()
+    finally:
+        if pid:
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_replacing_a_device_is_refused_before_any_vm(server, kit, tmp_path):
