@@ -1209,7 +1209,7 @@ static struct mig_stream *peer_target_sync(struct src_run *sr, uint32_t version)
     m->u.hello.nversions = 1;
     m->u.hello.versions[0] = version;
     assert_int_equal(peer_send(s, m), 0);
-    if (version != 1) {
+    if (version < MIG_PROTO_VERSION_OLDEST || version > MIG_PROTO_VERSION_NEWEST) {
         free(m);
         return s;
     }
@@ -1286,6 +1286,30 @@ static void test_garbage_from_target(void **state)
     assert_int_equal(sr->rc, -EPROTO);
     assert_true(saw_error);
     assert_true(errs_have(&sr->errs, "unknown message type 66"));
+    src_del(sr);
+}
+
+/* Version 2: an acknowledgement of another pass is a protocol error. */
+static void test_wrong_pass_applied(void **state)
+{
+    struct src_run *sr = src_new();
+    struct mig_stream *s = peer_target_sync(sr, 2);
+    struct mig_msg *m = malloc(sizeof(*m));
+    do
+        assert_int_equal(peer_recv(s, m), 0);
+    while (m->type != MIG_MSG_RAM_PASS_END);
+    assert_int_equal(m->u.pass_end.pass, 1);
+    m->type = MIG_MSG_RAM_PASS_APPLIED;
+    m->u.pass_end.pass = 2;
+    assert_int_equal(peer_send(s, m), 0);
+    while (peer_recv(s, m) == 0)
+        ;
+    free(m);
+    mig_stream_free(s);
+    src_join(sr);
+    assert_resumed(sr);
+    assert_int_equal(sr->rc, -EPROTO);
+    assert_true(errs_have(&sr->errs, "acknowledged pass 2 where pass 1 was due"));
     src_del(sr);
 }
 
@@ -1671,6 +1695,7 @@ int main(void)
         cmocka_unit_test(test_stream_basics),
         cmocka_unit_test(test_full_migration),
         cmocka_unit_test(test_version1_target),
+        cmocka_unit_test(test_wrong_pass_applied),
         cmocka_unit_test(test_convergence_max_passes),
         cmocka_unit_test(test_convergence_time_limit),
         cmocka_unit_test(test_converges_quickly),
