@@ -288,6 +288,8 @@ int machine_dirty_fetch(struct machine *m, uint64_t *out)
     struct machine_mig *g = m->mig;
     if (!g || !g->tracking)
         return -EINVAL;
+    if (atomic_load(&m->event_sent))
+        return -ECANCELED; /* the guest reset, powered off or failed: nothing to migrate */
     for (size_t i = 0; i < m->mem.nregions; i++) {
         const struct guest_mem_region *r = &m->mem.regions[i];
         uint64_t pages = region_pages(r);
@@ -599,6 +601,8 @@ int machine_save_state(struct machine *m, const struct mig_kind_version *want, s
 {
     if (m->started && !m->paused)
         return -EBUSY;
+    if (atomic_load(&m->event_sent))
+        return -ECANCELED;
     int r = save_vcpus(m, want, nwant, emit, ctx);
     if (r == 0)
         r = save_vm_part(m, want, nwant, "irqchip", save_irqchip, emit, ctx);

@@ -81,6 +81,7 @@ struct guest_mem *machine_guest_mem(struct machine *m);
  * must be paused before the final pass: fetch then sees every write.
  */
 int machine_dirty_start(struct machine *m);
+/* -ECANCELED once the guest reset, powered off or failed (a terminal machine event). */
 int machine_dirty_fetch(struct machine *m, uint64_t *out);
 int machine_dirty_clear(struct machine *m, const uint64_t *bits);
 void machine_dirty_stop(struct machine *m);
@@ -89,7 +90,8 @@ void machine_dirty_stop(struct machine *m);
  * Writes every payload of a paused machine. For each kind, `want` gives
  * the version to write (from the target's answer); NULL: the newest.
  * emit() is called once per payload; a negative return stops and is
- * returned. 0 or -errno.
+ * returned. 0 or -errno; -ECANCELED once the guest reset, powered off or
+ * failed (its vCPUs no longer hold a state worth moving).
  */
 typedef int (*mig_emit_fn)(void *ctx, const char *kind, const char *id, uint32_t version,
                            const uint8_t *data, size_t len);

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -205,10 +206,22 @@ static bool handle_exit(struct vcpu *v)
         machine_eventf(v->m, MACHINE_EV_FAILURE, "vCPU %u: entry failed, reason %#llx", v->index,
                        (unsigned long long)run->fail_entry.hardware_entry_failure_reason);
         return false;
-    case KVM_EXIT_INTERNAL_ERROR:
-        machine_eventf(v->m, MACHINE_EV_FAILURE, "vCPU %u: KVM internal error, suberror %u",
-                       v->index, run->internal.suberror);
+    case KVM_EXIT_INTERNAL_ERROR: {
+        /* KVM's data words (for an emulation failure: the instruction, exit info). */
+        char data[160] = "";
+        size_t used = 0;
+        for (uint32_t i = 0; i < run->internal.ndata && i < 8 && used < sizeof(data); i++) {
+            int n = snprintf(data + used, sizeof(data) - used, " %#llx",
+                             (unsigned long long)run->internal.data[i]);
+            used += n > 0 ? (size_t)n : 0;
+        }
+        struct kvm_regs regs;
+        unsigned long long rip = ioctl(v->fd, KVM_GET_REGS, &regs) == 0 ? regs.rip : 0;
+        machine_eventf(v->m, MACHINE_EV_FAILURE,
+                       "vCPU %u: KVM internal error, suberror %u, rip %#llx, data:%s", v->index,
+                       run->internal.suberror, rip, data[0] ? data : " none");
         return false;
+    }
     default:
         machine_eventf(v->m, MACHINE_EV_FAILURE, "vCPU %u: unexpected exit %u", v->index,
                        run->exit_reason);

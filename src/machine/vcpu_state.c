@@ -17,6 +17,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 
+#include "common/log.h"
 #include "common/mig_buf.h"
 #include "machine/machine_int.h"
 #include "machine/vcpu.h"
@@ -186,6 +187,13 @@ int vcpu_state_save(struct vcpu *v, const struct vcpu_state_info *info, struct m
         /* NMI pending and the SIPI vector are only applied when flagged. */
         ev.flags = (ev.flags & events_flags_ok) | KVM_VCPUEVENT_VALID_NMI_PENDING |
                    KVM_VCPUEVENT_VALID_SIPI_VECTOR;
+        log_msg(LOG_DEBUG, "vcpu-state",
+                "vCPU %u saved: rip %#llx cs %#x/%#llx cr0 %#llx mp %u ev-flags %#x init %u "
+                "exc %u/%u irq %u/%u nmi %u/%u",
+                v->index, (unsigned long long)regs.rip, sregs2.cs.selector,
+                (unsigned long long)sregs2.cs.base, (unsigned long long)sregs2.cr0, mp.mp_state,
+                ev.flags, ev.smi.latched_init, ev.exception.injected, ev.exception.nr,
+                ev.interrupt.injected, ev.interrupt.nr, ev.nmi.injected, ev.nmi.pending);
         mig_put_blob(o, &regs, sizeof(regs));
         mig_put_blob(o, &sregs2, sizeof(sregs2));
         mig_put_blob(o, xsave, info->xsave_size);
@@ -346,6 +354,11 @@ int vcpu_state_load(struct vcpu *v, const struct vcpu_state_info *info, struct m
         r = set(v, KVM_SET_DEBUGREGS, &s.dbg, "debug registers", errs);
     if (r == 0)
         r = set(v, KVM_SET_MP_STATE, &s.mp, "run state", errs);
+    struct kvm_regs now;
+    if (r == 0 && ioctl(v->fd, KVM_GET_REGS, &now) == 0)
+        log_msg(LOG_DEBUG, "vcpu-state", "vCPU %u loaded: rip %#llx (payload %#llx) mp %u",
+                v->index, (unsigned long long)now.rip, (unsigned long long)s.regs.rip,
+                s.mp.mp_state);
     free(s.xsave);
     return r;
 }

@@ -76,6 +76,20 @@ static void enter(struct src *x, enum mig_phase ph)
         x->p->hooks->phase(x->p->ctx, ph);
 }
 
+/*
+ * A machine operation failed; -ECANCELED means the guest itself stopped
+ * (reset, power-off, failure): the migration ends and the source's owner
+ * handles that event.
+ */
+static int vm_err(struct src *x, int r, const char *doing)
+{
+    if (r == -ECANCELED)
+        return cella_err(x->errs, r, "",
+                         "migration: the guest reset, powered off or failed on the source during "
+                         "the migration; it is not migrated (the source handles the event)");
+    return cella_err(x->errs, r, "", "migration: %s: %s", doing, strerror(-r));
+}
+
 static int stream_err(struct src *x, int r, const char *doing)
 {
     return cella_err(x->errs, r, "", "migration: %s: %s", doing, mig_stream_error(x->s));
@@ -429,8 +443,7 @@ static int precopy(struct src *x)
             bw = 1;
         memset(x->bits, 0, x->nwords * 8);
         if ((r = x->vm->dirty_fetch(x->p->vm, x->bits)) < 0)
-            return cella_err(x->errs, r, "", "migration: cannot read the dirty log: %s",
-                             strerror(-r));
+            return vm_err(x, r, "cannot read the dirty log");
         uint64_t dirty = popcount(x->bits, x->nwords);
         uint64_t predicted = dirty * GUEST_PAGE_SIZE * 1000 / bw;
         x->st->bandwidth_bps = bw;
@@ -463,7 +476,7 @@ static int final_ram(struct src *x)
         (r = send_phase(x, MIG_PHASE_RAM_PUSH_DIRTY)) < 0)
         return r;
     if ((r = x->vm->dirty_fetch(x->p->vm, x->bits)) < 0)
-        return cella_err(x->errs, r, "", "migration: cannot read the dirty log: %s", strerror(-r));
+        return vm_err(x, r, "cannot read the dirty log");
     uint64_t sent;
     if ((r = send_pages(x, x->bits, NULL, &sent)) < 0)
         return r;
@@ -509,7 +522,7 @@ static int send_devices(struct src *x)
     size_t before = cella_errors_total(x->errs);
     r = x->vm->save_state(x->p->vm, x->want, x->nwant, emit_device, x);
     if (r < 0 && cella_errors_total(x->errs) == before)
-        r = cella_err(x->errs, r, "", "migration: cannot export device state: %s", strerror(-r));
+        r = vm_err(x, r, "cannot export device state");
     return r;
 }
 

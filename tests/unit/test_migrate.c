@@ -532,6 +532,8 @@ struct fake_vm {
     int loaded;
     bool load_finished;
     bool fail_resume;
+    int reset_at_fetch; /* source: the guest "resets" at this dirty fetch (1-based); 0 never */
+    int fetches;
 };
 
 static void fake_init(struct fake_vm *v, uint64_t npages, bool source)
@@ -614,6 +616,8 @@ static int f_dirty_fetch(void *vm, uint64_t *out)
 {
     struct fake_vm *v = vm;
     assert_true(v->tracking);
+    if (v->reset_at_fetch && ++v->fetches >= v->reset_at_fetch)
+        return -ECANCELED;
     if (!v->paused) {
         for (uint32_t i = 0; i < v->dirty_rate; i++) {
             uint64_t p = rnd(v) % v->npages;
@@ -1034,6 +1038,25 @@ static void test_version1_target(void **state)
     assert_int_equal(p.sr->res.stats.version, 1);
     assert_memory_equal(p.sr->side.vm.ram, p.tg->vm.ram, RAM_PAGES * 4096);
     assert_int_equal(p.tg->vm.resumes, 1);
+    pair_free(&p);
+}
+
+/* The guest resets on the source during pre-copy: the migration ends, nothing is moved. */
+static void test_guest_reset_during_precopy(void **state)
+{
+    (void)state;
+    struct pair p;
+    pair_init(&p);
+    p.sr->side.vm.dirty_rate = 3000; /* never converges by itself */
+    p.sr->cfg.downtime_ms = 1;
+    p.sr->side.vm.reset_at_fetch = 2;
+    pair_run(&p, (struct mig_target_config){0});
+    assert_int_equal(p.sr->rc, -ECANCELED);
+    assert_int_equal(p.sr->res.outcome, MIG_OUTCOME_FAILED);
+    assert_true(p.sr->res.resumed);
+    assert_true(errs_have(&p.sr->errs, "the guest reset, powered off or failed on the source"));
+    assert_int_not_equal(p.t_run, 0);
+    assert_int_equal(p.tg->vm.resumes, 0);
     pair_free(&p);
 }
 
@@ -1696,6 +1719,7 @@ int main(void)
         cmocka_unit_test(test_full_migration),
         cmocka_unit_test(test_version1_target),
         cmocka_unit_test(test_wrong_pass_applied),
+        cmocka_unit_test(test_guest_reset_during_precopy),
         cmocka_unit_test(test_convergence_max_passes),
         cmocka_unit_test(test_convergence_time_limit),
         cmocka_unit_test(test_converges_quickly),
