@@ -313,6 +313,15 @@ def verify(con, scenario):
 # cella
 
 
+# A guest that dirties memory fast on the nested test host now and then
+# triple-faults during pre-copy, under either VMM (the emulated SVM under
+# dirty logging). cella then ends the migration with this reason (the source
+# reboots the guest); QEMU resets the guest and migrates the rebooted one.
+# Such runs are counted apart, not as failures of either VMM.
+GUEST_RESET = "the guest reset, powered off or failed on the source"
+RESET_NOTE = "guest reset during the migration (nested test host artefact; not counted)"
+
+
 def cella_spec(build, mem, cpus, tmp):
     cfg = os.path.join(tmp, "vm.toml")
     with open(cfg, "w") as f:
@@ -396,6 +405,9 @@ def run_cella(a, kit, scenario, seed):
         lo1 = lo_bytes()
         rep = requests.get(sbase + "/instance/migration-report", timeout=10)
         report = rep.json() if rep.status_code == 200 else {}
+        if p.returncode != 0 and GUEST_RESET in p.stdout + p.stderr:
+            return {"ok": False, "converged": False, "loop_rate": rate, "wall_s": wall,
+                    "guest_reset": True, "note": RESET_NOTE}
         if p.returncode != 0 or report.get("outcome") != "committed":
             return {"ok": False, "converged": False, "loop_rate": rate, "wall_s": wall,
                     "note": f"cella migrate exited {p.returncode}: "
@@ -694,6 +706,8 @@ def main():
                 except (BenchError, requests.RequestException, websocket.WebSocketException,
                         subprocess.SubprocessError, OSError, KeyError, ValueError) as e:
                     r = {"ok": False, "converged": False, "note": f"error: {e}"}
+                    if READY.decode() in str(e):  # the ready line again: the guest rebooted
+                        r.update(guest_reset=True, note=RESET_NOTE)
                 results[sc][v].append(r)
                 if r.get("converged"):
                     line = (f"total {fmt(r['total_ms']):>6s} ms  blackout "
@@ -717,7 +731,8 @@ def main():
             json.dump({"args": {k: v for k, v in vars(a).items()}, "results": results}, f,
                       indent=1)
     failed = sum(1 for s in results.values() for rs in s.values() for r in rs
-                 if not r.get("converged") and "did not converge" not in r.get("note", ""))
+                 if not r.get("converged") and "did not converge" not in r.get("note", "")
+                 and not r.get("guest_reset"))
     return 1 if failed else 0
 
 

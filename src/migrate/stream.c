@@ -35,12 +35,21 @@ struct inmsg {
     uint8_t data[];
 };
 
+#define READ_AHEAD (256u << 10)
+
 struct mig_stream {
     int fd;
     bool own_fd;
     wslay_event_context_ptr ctx;
+    /*
+     * Read-ahead: bytes taken from the socket (first those the handshake
+     * read past its end) that wslay has not consumed yet. wslay asks for a
+     * few KiB at a time; one recv() of up to READ_AHEAD bytes serves many
+     * of those requests (a system call per 4 KiB cost most of the target's
+     * time with RAM arriving at full speed).
+     */
     uint8_t *early;
-    size_t early_len, early_off;
+    size_t early_len, early_off, early_cap;
 
     int stall_ms;
     size_t max_msg;
@@ -116,11 +125,15 @@ static ssize_t recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, in
         return (ssize_t)n;
     }
     for (;;) {
-        ssize_t n = recv(s->fd, buf, len, 0);
+        ssize_t n = recv(s->fd, s->early, s->early_cap, 0);
         if (n > 0) {
             s->received += (uint64_t)n;
             s->last_progress = now_ms();
-            return n;
+            size_t k = (size_t)n < len ? (size_t)n : len;
+            memcpy(buf, s->early, k);
+            s->early_len = (size_t)n;
+            s->early_off = k;
+            return (ssize_t)k;
         }
         if (n < 0 && errno == EINTR)
             continue;
@@ -251,12 +264,13 @@ static int make(int fd, bool own_fd, const void *early, size_t early_len, bool c
     s->max_msg = MIG_MSG_MAX;
     s->last_progress = now_ms();
     atomic_init(&s->cancelled, false);
+    s->early_cap = early_len > READ_AHEAD ? early_len : READ_AHEAD;
+    s->early = malloc(s->early_cap);
+    if (!s->early) {
+        mig_stream_free(s);
+        return -ENOMEM;
+    }
     if (early && early_len) {
-        s->early = malloc(early_len);
-        if (!s->early) {
-            mig_stream_free(s);
-            return -ENOMEM;
-        }
         memcpy(s->early, early, early_len);
         s->early_len = early_len;
     }

@@ -214,34 +214,56 @@ def test_migrate_running_guest_with_disks_and_nic(server, kit, tmp_path, taps):
         assert debugfs_read(img, "/before") == b"before\n"
 
 
+GUEST_RESET = "the guest reset, powered off or failed on the source"
+
+
 def test_memory_integrity_under_dirtying(server, kit, tmp_path):
     """Like QEMU's migration test: a guest program bumps a counter in every
     page of a large buffer during the migration; the checker afterwards
-    finds every page consistent (no lost update)."""
-    src, con = start_vm(server, tmp_path, "[main]\ncpus = 2\nmemory = 384\n")
-    con.check("memtouch loop 64 11 >/dev/null 2>&1 &")
-    memtouch_ready(con)
-    dst = server()
-    migrate(src, dst)
-    wait_state(dst, "Running", 30)
-    con.close()
-    con2 = Console(dst, "?most_recent=0")
-    try:
-        con2.check("memtouch check")
-    except (AssertionError, websocket.WebSocketException) as e:
-        # Say what the target and the migration looked like (seen once in CI:
-        # a target whose console never answered).
-        h = dst.get("/instance/serial/history", params={"most_recent": 4096}).json()
-        raise AssertionError(
-            f"{e!r}; target state {state(dst)}; target console tail "
-            f"{bytes(h.get('data', []))[-2000:]!r}; source report "
-            f"{src.get('/instance/migration-report').text}") from e
-    rep = src.get("/instance/migration-report")
-    assert rep.status_code == 200, rep.text
-    report = rep.json()
-    assert report["outcome"] == "committed"
-    assert report["passes"] >= 1
-    con2.close()
+    finds every page consistent (no lost update).
+
+    On this machine's nested test host a guest that dirties memory this fast
+    now and then triple-faults during pre-copy (QEMU's guest does too, in
+    bench/migrate: an environment problem of the emulated SVM under dirty
+    logging). cella then ends the migration with that reason, and the source
+    handles the reset (the guest reboots there, the target never runs it);
+    that outcome is checked, and the scenario is tried again, at most three
+    times."""
+    for attempt in range(3):
+        src, con = start_vm(server, tmp_path, "[main]\ncpus = 2\nmemory = 384\n")
+        con.check("memtouch loop 64 11 >/dev/null 2>&1 &")
+        memtouch_ready(con)
+        dst = server()
+        p = migrate(src, dst, check=False)
+        if p.returncode != 0 and GUEST_RESET in p.stdout + p.stderr:
+            print(f"attempt {attempt + 1}: the guest reset on the source during pre-copy")
+            wait_state(src, "Running", 120)  # rebuilt and rebooted there
+            assert state(dst) != "Running"
+            con.close()
+            src.close()
+            dst.close()
+            continue
+        assert p.returncode == 0, f"cella migrate: {p.returncode}\n{p.stdout}\n{p.stderr}"
+        wait_state(dst, "Running", 30)
+        con.close()
+        con2 = Console(dst, "?most_recent=0")
+        try:
+            con2.check("memtouch check")
+        except (AssertionError, websocket.WebSocketException) as e:
+            # Say what the target and the migration looked like.
+            h = dst.get("/instance/serial/history", params={"most_recent": 4096}).json()
+            raise AssertionError(
+                f"{e!r}; target state {state(dst)}; target console tail "
+                f"{bytes(h.get('data', []))[-2000:]!r}; source report "
+                f"{src.get('/instance/migration-report').text}") from e
+        rep = src.get("/instance/migration-report")
+        assert rep.status_code == 200, rep.text
+        report = rep.json()
+        assert report["outcome"] == "committed"
+        assert report["passes"] >= 1
+        con2.close()
+        return
+    pytest.fail("the guest reset on the source during all three attempts")
 
 
 def test_ping_pong(server, kit, tmp_path):
