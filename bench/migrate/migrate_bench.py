@@ -706,7 +706,8 @@ def main():
                 except (BenchError, requests.RequestException, websocket.WebSocketException,
                         subprocess.SubprocessError, OSError, KeyError, ValueError) as e:
                     r = {"ok": False, "converged": False, "note": f"error: {e}"}
-                    if READY.decode() in str(e):  # the ready line again: the guest rebooted
+                    if READY.decode() in str(e) or "/dev/shm/memtouch: No such file" in str(e):
+                        # The ready line again, or memtouch's tmpfs buffer gone: it rebooted.
                         r.update(guest_reset=True, note=RESET_NOTE)
                 results[sc][v].append(r)
                 if r.get("converged"):
