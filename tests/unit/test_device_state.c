@@ -595,6 +595,23 @@ static void test_pci(void **state)
 #define VB_STAT  (VD_DATA + 0x3000u)
 #define VB_QSIZE 8u
 
+/*
+ * The twin of a saved virtio device: guest RAM and the driver's view copied
+ * from `from`, then its PCI config space and the device payload `o` (from
+ * virtio_pci_save) loaded into `to`. Asserts every step succeeded.
+ */
+static void vd_load_twin(struct vdrv *from, struct vdrv *to, struct mig_out *o)
+{
+    memcpy(to->ram, from->ram, VD_RAM_SIZE);
+    memcpy(to->q, from->q, sizeof(from->q));
+    struct mig_out oc;
+    mig_out_init(&oc);
+    assert_int_equal(pci_func_save(&from->vp->func, &oc), 0);
+    assert_int_equal(LOAD_ALL(pci_func_load, &to->vp->func, &oc, PCI_FUNC_STATE_VERSION), 0);
+    mig_out_free(&oc);
+    assert_int_equal(LOAD_ALL(virtio_pci_load, to->vp, o, VIRTIO_PCI_STATE_VERSION), 0);
+}
+
 struct blk_env {
     struct vdrv d;
     struct fake_blk *fb;
@@ -706,14 +723,7 @@ static void test_virtio_blk(void **state)
     assert_int_equal(virtio_pci_save(a->d.vp, &o), 0);
 
     /* The twin: RAM and driver state copied, config space then device. */
-    memcpy(b->d.ram, a->d.ram, VD_RAM_SIZE);
-    memcpy(b->d.q, a->d.q, sizeof(a->d.q));
-    struct mig_out oc;
-    mig_out_init(&oc);
-    assert_int_equal(pci_func_save(&a->d.vp->func, &oc), 0);
-    assert_int_equal(LOAD_ALL(pci_func_load, &b->d.vp->func, &oc, PCI_FUNC_STATE_VERSION), 0);
-    mig_out_free(&oc);
-    assert_int_equal(LOAD_ALL(virtio_pci_load, b->d.vp, &o, VIRTIO_PCI_STATE_VERSION), 0);
+    vd_load_twin(&a->d, &b->d, &o);
     /* Loaded means quiesced: a kick before resume does nothing. */
     vd_kick(&b->d, 0);
     assert_false(vd_used(&b->d, 0, NULL, NULL));
@@ -846,14 +856,7 @@ static void test_virtio_blk_mq(void **state)
     assert_int_equal(virtio_pci_save(a->d.vp, &o), 0);
 
     /* The twin. */
-    memcpy(b->d.ram, a->d.ram, VD_RAM_SIZE);
-    memcpy(b->d.q, a->d.q, sizeof(a->d.q));
-    struct mig_out oc;
-    mig_out_init(&oc);
-    assert_int_equal(pci_func_save(&a->d.vp->func, &oc), 0);
-    assert_int_equal(LOAD_ALL(pci_func_load, &b->d.vp->func, &oc, PCI_FUNC_STATE_VERSION), 0);
-    mig_out_free(&oc);
-    assert_int_equal(LOAD_ALL(virtio_pci_load, b->d.vp, &o, VIRTIO_BLK_STATE_VERSION), 0);
+    vd_load_twin(&a->d, &b->d, &o);
     vd_wr(&b->d, VPC_GFSELECT, 4, 0);
     assert_true(vd_rd(&b->d, VPC_GF, 4) & FEAT(VIRTIO_BLK_F_MQ));
     for (unsigned q = 0; q < 2; q++) {
@@ -1073,14 +1076,7 @@ static void test_virtio_net(void **state)
     mig_out_init(&o);
     assert_int_equal(virtio_pci_save(a->d.vp, &o), 0);
 
-    memcpy(b->d.ram, a->d.ram, VD_RAM_SIZE);
-    memcpy(b->d.q, a->d.q, sizeof(a->d.q));
-    struct mig_out oc;
-    mig_out_init(&oc);
-    assert_int_equal(pci_func_save(&a->d.vp->func, &oc), 0);
-    assert_int_equal(LOAD_ALL(pci_func_load, &b->d.vp->func, &oc, PCI_FUNC_STATE_VERSION), 0);
-    mig_out_free(&oc);
-    assert_int_equal(LOAD_ALL(virtio_pci_load, b->d.vp, &o, VIRTIO_PCI_STATE_VERSION), 0);
+    vd_load_twin(&a->d, &b->d, &o);
     assert_int_equal(b->net.offloads, NET_OFF_CSUM); /* re-applied */
     /* Still quiesced on the target: the backend's frame waits. */
     net_frame(b, 0x33);
