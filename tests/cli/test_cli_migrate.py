@@ -28,7 +28,7 @@ import urllib.request
 import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from fake_propolis import FakePropolis  # noqa: E402
+from fake_propolis import FakePropolis, free_port  # noqa: E402
 
 BUILD = pathlib.Path(os.environ.get("CELLA_BUILD_DIR", "/work/main/build"))
 CELLA = BUILD / "src" / "cli" / "cella"
@@ -37,14 +37,6 @@ CELLA_SERVER = BUILD / "src" / "server" / "cella-server"
 OK, INVALID, USAGE, UNREACHABLE = 0, 1, 2, 3
 
 needs_server = pytest.mark.skipif(not CELLA_SERVER.exists(), reason=f"{CELLA_SERVER} not built")
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def refused(port):
@@ -333,7 +325,7 @@ def test_start_target_server_that_exits_is_reported(src, spawned, tmp_path, args
     assert f"the cella-server started for 127.0.0.1:{port} exited with status {status} " \
            f"before it answered; its log: {log}" in r.stderr
     assert says in log.read_text()
-    assert f"  | " in r.stderr and says in r.stderr  # the log's end, shown
+    assert "  | " in r.stderr and says in r.stderr  # the log's end, shown
     assert refused(port) and spawned.leftovers() == []
     # Nothing was asked of the source but its instance.
     assert [q.path for q in src.requests] == ["/instance"]

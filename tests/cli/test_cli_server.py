@@ -22,7 +22,7 @@ import time
 import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from fake_propolis import FakePropolis, OP_BINARY  # noqa: E402
+from fake_propolis import FakePropolis, OP_BINARY, free_port  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BUILD = pathlib.Path(os.environ.get("CELLA_BUILD_DIR", "/work/main/build"))
@@ -52,15 +52,6 @@ def fake():
     f = FakePropolis().start()
     yield f
     f.stop()
-
-
-def free_port():
-    """A port nobody listens on (bound, then released)."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 # ---- Propolis's schema (OpenAPI 3.0 -> JSON schema) ----
