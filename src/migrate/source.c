@@ -183,6 +183,15 @@ static int unexpected(struct src *x, const struct mig_msg *m, const char *wanted
                      mig_msg_type_name(m->type), wanted);
 }
 
+/* Receives the one message type due now; anything else is a protocol error. */
+static int recv_type(struct src *x, struct mig_msg *m, enum mig_msg_type want)
+{
+    int r = recv_msg(x, m, mig_msg_type_name(want));
+    if (r == 0 && m->type != want)
+        r = unexpected(x, m, mig_msg_type_name(want));
+    return r;
+}
+
 /* The target may only speak up mid-stream to give up: check without waiting. */
 static int poll_peer(struct src *x)
 {
@@ -203,11 +212,9 @@ static int poll_peer(struct src *x)
 static int negotiate_version(struct src *x)
 {
     struct mig_msg m;
-    int r = recv_msg(x, &m, "HELLO");
+    int r = recv_type(x, &m, MIG_MSG_HELLO);
     if (r < 0)
         return r;
-    if (m.type != MIG_MSG_HELLO)
-        return unexpected(x, &m, "HELLO");
     snprintf(x->res->target_addr, sizeof(x->res->target_addr), "%.*s", (int)m.u.hello.addr.len,
              m.u.hello.addr.p);
     uint32_t best = 0;
@@ -295,10 +302,8 @@ static int read_ack(struct src *x)
     struct mig_msg *m = calloc(1, sizeof(*m));
     if (!m)
         return -ENOMEM;
-    int r = recv_msg(x, m, "PREAMBLE_ACK");
-    if (r == 0 && m->type != MIG_MSG_PREAMBLE_ACK)
-        r = unexpected(x, m, "PREAMBLE_ACK");
-    else if (r == 0)
+    int r = recv_type(x, m, MIG_MSG_PREAMBLE_ACK);
+    if (r == 0)
         r = m->u.ack.accepted ? take_versions(x, &m->u.ack) : take_refusal(x, &m->u.ack);
     free(m);
     return r;
@@ -371,11 +376,9 @@ static int pass_applied(struct src *x, uint32_t pass)
     if (x->st->version < 2)
         return 0;
     struct mig_msg m;
-    int r = recv_msg(x, &m, "RAM_PASS_APPLIED");
+    int r = recv_type(x, &m, MIG_MSG_RAM_PASS_APPLIED);
     if (r < 0)
         return r;
-    if (m.type != MIG_MSG_RAM_PASS_APPLIED)
-        return unexpected(x, &m, "RAM_PASS_APPLIED");
     if (m.u.pass_end.pass != pass)
         return cella_err(x->errs, -EPROTO, "",
                          "migration: the target acknowledged pass %u where pass %u was due",
@@ -605,10 +608,8 @@ static int finish(struct src *x)
 {
     int r = send_phase(x, MIG_PHASE_FINISH);
     struct mig_msg m;
-    if (r < 0 || (r = recv_msg(x, &m, "READY")) < 0)
+    if (r < 0 || (r = recv_type(x, &m, MIG_MSG_READY)) < 0)
         return r;
-    if (m.type != MIG_MSG_READY)
-        return unexpected(x, &m, "READY");
     if ((r = check_deadline(x)) < 0)
         return r;
     const struct mig_source_hooks *h = x->p->hooks;
