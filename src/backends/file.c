@@ -585,7 +585,7 @@ static void file_close(struct blk_backend *b)
                 "%s: %llu completions reaped by the submitter, %llu by the completion thread",
                 fb->path, atomic_load(&fb->reaped_inline), atomic_load(&fb->reaped_thread));
     file_drain(b);
-    file_free((struct file_backend *)b);
+    file_free(fb);
 }
 
 static const struct blk_backend_ops file_ops = {

@@ -325,6 +325,14 @@ static bool seen_all(const struct mig_target *t)
     return t->nseen == t->npages;
 }
 
+/* Prefaults pages [from, to) for writing; a single page is left to its copy's fault. */
+static void populate(struct mig_target *t, uint64_t from, uint64_t to)
+{
+    if (to - from > 1)
+        madvise(t->mem->base + from * GUEST_PAGE_SIZE, (to - from) * GUEST_PAGE_SIZE,
+                MADV_POPULATE_WRITE);
+}
+
 /*
  * Allocates the guest pages a batch will copy data into, one system call
  * per stretch of consecutive data pages instead of one page fault per page
@@ -337,18 +345,17 @@ static void populate_data_pages(struct mig_target *t, const struct mig_msg_ram *
         uint64_t first, start = UINT64_MAX;
         uint32_t count;
         mig_ram_run(r, i, &first, &count);
-        for (uint64_t pg = first; pg <= first + count; pg++, k++) {
-            bool data = pg < first + count && !mig_ram_is_zero(r, k);
-            if (data && start == UINT64_MAX)
+        for (uint64_t pg = first; pg < first + count; pg++, k++) {
+            bool data = !mig_ram_is_zero(r, k);
+            if (data && start == UINT64_MAX) {
                 start = pg;
-            if (!data && start != UINT64_MAX) {
-                if (pg - start > 1)
-                    madvise(t->mem->base + start * GUEST_PAGE_SIZE, (pg - start) * GUEST_PAGE_SIZE,
-                            MADV_POPULATE_WRITE);
+            } else if (!data && start != UINT64_MAX) {
+                populate(t, start, pg);
                 start = UINT64_MAX;
             }
         }
-        k--; /* the loop's last step is past the run */
+        if (start != UINT64_MAX)
+            populate(t, start, first + count);
     }
 }
 
