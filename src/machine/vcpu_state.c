@@ -354,11 +354,9 @@ int vcpu_state_load(struct vcpu *v, const struct vcpu_state_info *info, struct m
         r = set(v, KVM_SET_DEBUGREGS, &s.dbg, "debug registers", errs);
     if (r == 0)
         r = set(v, KVM_SET_MP_STATE, &s.mp, "run state", errs);
-    struct kvm_regs now;
-    if (r == 0 && ioctl(v->fd, KVM_GET_REGS, &now) == 0)
-        log_msg(LOG_DEBUG, "vcpu-state", "vCPU %u loaded: rip %#llx (payload %#llx) mp %u",
-                v->index, (unsigned long long)now.rip, (unsigned long long)s.regs.rip,
-                s.mp.mp_state);
+    if (r == 0)
+        log_msg(LOG_DEBUG, "vcpu-state", "vCPU %u loaded: rip %#llx mp %u", v->index,
+                (unsigned long long)s.regs.rip, s.mp.mp_state);
     free(s.xsave);
     return r;
 }
