@@ -293,25 +293,38 @@ static void h_nmi(struct api_req *r)
 
 static void h_migration_settings(struct api_req *r)
 {
-    static const char *const fields[] = {"downtime_ms"};
+    static const char *const fields[] = {"downtime_ms", "max_bandwidth_mibps", "auto_converge"};
     json_t *j;
     if (api_body_json(r, false, &j) < 0)
         return;
     struct cella_errors errs = {0};
     struct jptr root;
     jptr_root(&root);
-    uint64_t ms = 0;
-    int rc = cella_json_check_fields(j, fields, 1, &root, &errs);
-    if (cella_json_get_uint(j, "downtime_ms", 600000, true, &root, &ms, &errs) < 0 || ms == 0)
+    struct instance_mig_settings s = {0};
+    uint64_t ms = 0, mibps = 0;
+    int rc = cella_json_check_fields(j, fields, 3, &root, &errs);
+    s.set_downtime = json_is_object(j) && json_object_get(j, "downtime_ms");
+    s.set_bandwidth = json_is_object(j) && json_object_get(j, "max_bandwidth_mibps");
+    s.set_auto_converge = json_is_object(j) && json_object_get(j, "auto_converge");
+    if (cella_json_get_uint(j, "downtime_ms", 600000, false, &root, &ms, &errs) < 0 ||
+        (s.set_downtime && ms == 0) ||
+        cella_json_get_uint(j, "max_bandwidth_mibps", 1u << 20, false, &root, &mibps, &errs) < 0 ||
+        cella_json_get_bool(j, "auto_converge", false, &root, &s.auto_converge, &errs) < 0 ||
+        !(s.set_downtime || s.set_bandwidth || s.set_auto_converge))
         rc = -EINVAL;
     json_decref(j);
     if (rc < 0) {
         api_reply_errors(r, MHD_HTTP_BAD_REQUEST, NULL,
-                         "expected {\"downtime_ms\": N} with N from 1 to 600000", &errs, NULL);
+                         "expected one or more of {\"downtime_ms\": 1..600000, "
+                         "\"max_bandwidth_mibps\": 0..1048576 (0: unlimited), "
+                         "\"auto_converge\": true|false}",
+                         &errs, NULL);
         cella_errors_clear(&errs);
         return;
     }
-    rc = instance_set_migration_downtime(r->srv->inst, (uint32_t)ms);
+    s.downtime_ms = (uint32_t)ms;
+    s.max_bandwidth = mibps << 20;
+    rc = instance_set_migration_settings(r->srv->inst, &s);
     if (rc < 0)
         api_reply_instance_error(r, rc, NULL);
     else

@@ -32,8 +32,10 @@ enum {
     MIG_START,
     MIG_TARGET_ARG,
     MIG_TARGET_LOG,
+    MIG_BANDWIDTH,
+    MIG_NO_AUTO_CONVERGE,
 };
-_Static_assert(MIG_TARGET_LOG < CLI_MAX_OPTIONS, "cella migrate has too many options");
+_Static_assert(MIG_NO_AUTO_CONVERGE < CLI_MAX_OPTIONS, "cella migrate has too many options");
 
 /* Longest wait for a server started by --start-target to answer. */
 #define START_WAIT_S 10.0
@@ -128,6 +130,10 @@ static void print_report(const json_t *rep)
     printf("total: %.1f ms\n", json_real_value(json_object_get(rep, "total_ms")));
     printf("passes: %lld (%s)\n", (long long)json_integer_value(json_object_get(rep, "passes")),
            json_string_value(json_object_get(rep, "precopy_end")));
+    json_int_t throttle = json_integer_value(json_object_get(rep, "throttle_pct"));
+    if (throttle)
+        printf("throttle: vCPUs slowed by %lld%% (%lld passes throttled)\n", (long long)throttle,
+               (long long)json_integer_value(json_object_get(rep, "throttled_passes")));
     const json_t *ph = json_object_get(rep, "phases");
     const char *name;
     const json_t *v;
@@ -259,6 +265,17 @@ int cli_cmd_migrate(const struct cli_command *cmd, const struct cli_args *a)
             return CLI_USAGE;
         }
     }
+    unsigned long bandwidth = 0;
+    if (a->set[MIG_BANDWIDTH]) {
+        char *end;
+        bandwidth = strtoul(a->value[MIG_BANDWIDTH], &end, 10);
+        if (*end || !a->value[MIG_BANDWIDTH][0] || a->value[MIG_BANDWIDTH][0] == '-' ||
+            bandwidth > (1ul << 20)) {
+            cli_error("--max-bandwidth \"%s\" is not 0..1048576 (MiB/s, 0: unlimited)",
+                      a->value[MIG_BANDWIDTH]);
+            return CLI_USAGE;
+        }
+    }
     if (!a->set[MIG_START] && (a->set[MIG_TARGET_ARG] || a->set[MIG_TARGET_LOG])) {
         cli_error("--target-arg and --target-log go with --start-target");
         return CLI_USAGE;
@@ -317,10 +334,19 @@ int cli_cmd_migrate(const struct cli_command *cmd, const struct cli_args *a)
         free(text);
         return rc;
     }
-    if (a->set[MIG_DOWNTIME]) {
-        char settings[64];
-        snprintf(settings, sizeof(settings), "{\"downtime_ms\":%lu}", downtime_ms);
-        rc = call(&src, "PUT", "/instance/migration-settings", settings, 30000, NULL);
+    if (a->set[MIG_DOWNTIME] || a->set[MIG_BANDWIDTH] || a->set[MIG_NO_AUTO_CONVERGE]) {
+        json_t *s = json_object();
+        if (a->set[MIG_DOWNTIME])
+            json_object_set_new(s, "downtime_ms", json_integer((json_int_t)downtime_ms));
+        if (a->set[MIG_BANDWIDTH])
+            json_object_set_new(s, "max_bandwidth_mibps", json_integer((json_int_t)bandwidth));
+        if (a->set[MIG_NO_AUTO_CONVERGE])
+            json_object_set_new(s, "auto_converge", json_false());
+        char *settings = s ? json_dumps(s, JSON_COMPACT) : NULL;
+        json_decref(s);
+        rc = settings ? call(&src, "PUT", "/instance/migration-settings", settings, 30000, NULL)
+                      : CLI_INVALID;
+        free(settings);
     }
     double t0 = 0;
     if (rc == CLI_OK) {
@@ -348,5 +374,9 @@ const struct cli_option cli_migrate_options[] = {
                         "With --start-target: pass ARG to cella-server (repeatable)"},
     [MIG_TARGET_LOG] = {"target-log", "FILE",
                         "With --start-target: append the server's output to FILE"},
+    [MIG_BANDWIDTH] = {"max-bandwidth", "MIBPS",
+                       "Cap the source's live passes at MIBPS MiB/s (default 0: no cap)"},
+    [MIG_NO_AUTO_CONVERGE] = {"no-auto-converge", NULL,
+                              "Never throttle the guest's vCPUs to make the migration converge"},
     {0},
 };

@@ -121,11 +121,17 @@ const char *instance_refusal(enum instance_request req, enum instance_state s);
 int instance_migrate_out(struct instance *inst, const char *migration_id, int sock,
                          const void *early, size_t early_len, struct cella_errors *errs);
 
-/*
- * Settings for the next outgoing migrations (cella extension): the
- * downtime budget in ms (1..600000). -ENOENT without an instance.
+/* Settings for the next outgoing migrations (cella extension); a field left unset keeps its value.
  */
-int instance_set_migration_downtime(struct instance *inst, uint32_t downtime_ms);
+struct instance_mig_settings {
+    bool set_downtime, set_bandwidth, set_auto_converge;
+    uint32_t downtime_ms;   /* the paused part's budget, 1..600000 */
+    uint64_t max_bandwidth; /* bytes per second for the live passes; 0: unlimited */
+    bool auto_converge;     /* throttle the vCPUs of a guest that dirties faster than the link */
+};
+
+/* -ENOENT without an instance. */
+int instance_set_migration_settings(struct instance *inst, const struct instance_mig_settings *s);
 
 /*
  * The last outgoing migration's report (cella extension): blackout, per

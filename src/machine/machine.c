@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/log.h"
@@ -166,6 +167,12 @@ int machine_create(const struct instance_spec *spec, const struct machine_host *
     m->irq = (struct irq_sink){.ctx = m, .set_level = kvm_set_irq, .msi = kvm_msi};
     pthread_mutex_init(&m->run_lock, NULL);
     pthread_cond_init(&m->run_cond, NULL);
+    pthread_mutex_init(&m->throttle_lock, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&m->throttle_cond, &ca);
+    pthread_condattr_destroy(&ca);
     bus_init(&m->pio, "pio");
     bus_init(&m->mmio, "mmio");
     struct sigaction sa = {.sa_handler = on_kick};
@@ -224,6 +231,7 @@ int machine_start(struct machine *m)
 
 void machine_stop(struct machine *m)
 {
+    machine_throttle(m, 0);
     atomic_store(&m->stopping, true);
     machine_kick(m);
     /* Parked vCPUs (machine_pause) wake up, see `stopping` and return. */
@@ -237,6 +245,65 @@ void machine_stop(struct machine *m)
             v->thread_started = false;
         }
     }
+}
+
+/*
+ * The throttle thread: once per period (the run slice plus the sleep),
+ * asks every vCPU to sleep its share and kicks it out of KVM_RUN.
+ */
+static void *throttle_thread(void *arg)
+{
+    struct machine *m = arg;
+    pthread_mutex_lock(&m->throttle_lock);
+    for (;;) {
+        unsigned pct = atomic_load(&m->throttle_pct);
+        if (!pct)
+            break;
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        uint64_t ns = (uint64_t)ts.tv_nsec + MACHINE_THROTTLE_SLICE_NS * 100 / (100 - pct);
+        ts.tv_sec += (time_t)(ns / 1000000000u);
+        ts.tv_nsec = (long)(ns % 1000000000u);
+        if (pthread_cond_timedwait(&m->throttle_cond, &m->throttle_lock, &ts) != ETIMEDOUT)
+            continue; /* changed or ended */
+        for (unsigned i = 0; i < m->ncpus; i++)
+            atomic_store(&m->vcpus[i].throttle_due, true);
+        machine_kick(m);
+    }
+    pthread_mutex_unlock(&m->throttle_lock);
+    return NULL;
+}
+
+int machine_throttle(struct machine *m, unsigned pct)
+{
+    if (pct > 99)
+        pct = 99;
+    pthread_mutex_lock(&m->throttle_lock);
+    atomic_store(&m->throttle_pct, pct);
+    pthread_cond_broadcast(&m->throttle_cond);
+    bool join = !pct && m->throttle_started;
+    int r = 0;
+    if (pct && !m->throttle_started && m->vcpus) {
+        /* The thread keeps the kick signal blocked, like every non-vCPU thread. */
+        sigset_t set, old;
+        sigemptyset(&set);
+        sigaddset(&set, MACHINE_KICK_SIGNAL);
+        pthread_sigmask(SIG_BLOCK, &set, &old);
+        r = -pthread_create(&m->throttle_thread, NULL, throttle_thread, m);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        m->throttle_started = r == 0;
+        if (r < 0)
+            atomic_store(&m->throttle_pct, 0);
+    }
+    if (join)
+        m->throttle_started = false;
+    pthread_mutex_unlock(&m->throttle_lock);
+    if (join)
+        pthread_join(m->throttle_thread, NULL);
+    if (!pct && m->vcpus)
+        for (unsigned i = 0; i < m->ncpus; i++)
+            atomic_store(&m->vcpus[i].throttle_due, false);
+    return r;
 }
 
 void machine_destroy(struct machine *m)
@@ -260,6 +327,8 @@ void machine_destroy(struct machine *m)
     bus_destroy(&m->mmio);
     pthread_cond_destroy(&m->run_cond);
     pthread_mutex_destroy(&m->run_lock);
+    pthread_cond_destroy(&m->throttle_cond);
+    pthread_mutex_destroy(&m->throttle_lock);
     free(m);
 }
 

@@ -93,6 +93,15 @@ void machine_destroy(struct machine *m);
  */
 size_t machine_serial_input(struct machine *m, unsigned com, const uint8_t *buf, size_t len);
 
+/*
+ * Throttles the vCPUs: every vCPU thread runs about 10 ms, then sleeps
+ * long enough that the guest gets only (100 - pct) % of the time (like
+ * QEMU's auto-converge). pct 1..99 starts or changes it, 0 ends it (a
+ * thread of its own kicks the vCPUs). machine_stop ends it too. Any one
+ * thread at a time.
+ */
+int machine_throttle(struct machine *m, unsigned pct);
+
 /* Injects an NMI into every vCPU. */
 int machine_nmi(struct machine *m);
 

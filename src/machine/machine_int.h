@@ -49,7 +49,22 @@ struct machine {
     bool paused;             /* owner's thread: machine_pause returned */
     bool devices_quiesced;   /* owner's thread */
     struct machine_mig *mig; /* machine_mig.c: dirty log, MSR list, load bookkeeping */
+
+    /*
+     * Throttling (machine_throttle): throttle_pct is read by the vCPU
+     * threads; the throttle thread sets each vCPU's throttle_due and kicks
+     * it once per period. throttle_lock serializes machine_throttle and
+     * guards throttle_started; throttle_cond (with it) wakes the thread.
+     */
+    pthread_mutex_t throttle_lock;
+    pthread_cond_t throttle_cond;
+    atomic_uint throttle_pct;
+    pthread_t throttle_thread;
+    bool throttle_started;
 };
+
+/* The time a vCPU thread sleeps per throttle period (vcpu.c), in nanoseconds. */
+#define MACHINE_THROTTLE_SLICE_NS 10000000ull
 
 /* Reports an event to the owner; terminal events also stop the vCPUs. */
 void machine_event(struct machine *m, enum machine_event ev, const char *detail);

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/log.h"
@@ -258,6 +259,27 @@ static bool vcpu_park(struct vcpu *v)
     return true;
 }
 
+/*
+ * Sleeps this vCPU's share of a throttle period (machine_throttle), in
+ * steps of at most 10 ms so that a pause, a stop or the end of the
+ * throttle is seen at once.
+ */
+static void vcpu_throttle_sleep(struct vcpu *v)
+{
+    struct machine *m = v->m;
+    unsigned pct = atomic_load(&m->throttle_pct);
+    if (!pct || pct > 99)
+        return;
+    uint64_t left = MACHINE_THROTTLE_SLICE_NS * pct / (100 - pct);
+    while (left && atomic_load(&m->throttle_pct) && !atomic_load(&m->pausing) &&
+           !atomic_load(&m->stopping)) {
+        uint64_t ns = left < 10000000u ? left : 10000000u;
+        struct timespec ts = {.tv_sec = 0, .tv_nsec = (long)ns};
+        nanosleep(&ts, NULL); /* a kick (EINTR) only ends this step early */
+        left -= ns;
+    }
+}
+
 void *vcpu_thread(void *arg)
 {
     struct vcpu *v = arg;
@@ -270,6 +292,10 @@ void *vcpu_thread(void *arg)
         if (atomic_load(&m->pausing)) {
             if (!vcpu_park(v))
                 break;
+            continue;
+        }
+        if (atomic_exchange(&v->throttle_due, false)) {
+            vcpu_throttle_sleep(v);
             continue;
         }
         if (ioctl(v->fd, KVM_RUN, 0) < 0) {

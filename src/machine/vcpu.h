@@ -12,6 +12,7 @@
 
 #include <linux/kvm.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -30,6 +31,7 @@ struct vcpu {
     size_t run_size;
     pthread_t thread;
     bool thread_started;
+    atomic_bool throttle_due; /* the throttle thread asks this vCPU to sleep its share */
 };
 
 int vcpu_create(struct machine *m, unsigned index, struct vcpu *v);

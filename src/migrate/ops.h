@@ -34,6 +34,8 @@ struct mig_vm_ops {
     int (*dirty_fetch)(void *vm, uint64_t *out);
     int (*dirty_clear)(void *vm, const uint64_t *bits);
     void (*dirty_stop)(void *vm);
+    /* Lets the vCPUs run only (100 - pct) % of the time; 0 ends it (may be NULL). */
+    int (*throttle)(void *vm, unsigned pct);
     int (*save_state)(void *vm, const struct mig_kind_version *want, size_t nwant, mig_emit_fn emit,
                       void *ctx);
 
@@ -70,6 +72,8 @@ struct mig_stats {
     uint64_t bandwidth_bps;  /* last estimate (bytes per second on the wire) */
     uint64_t predicted_downtime_ms; /* for the final pass, when the source paused */
     uint64_t final_dirty_pages;     /* pages sent while paused */
+    uint32_t throttle_pct;          /* vCPU throttle (auto-converge) when the source paused */
+    uint32_t throttled_passes;      /* live passes run with the vCPUs throttled */
 };
 
 #endif

@@ -3,10 +3,13 @@
 #include "migrate/source.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#include "common/log.h"
 
 /* A pass moving less than this tells little about the link: keep the previous estimate. */
 #define BW_MIN_SAMPLE (1u << 20)
@@ -38,6 +41,9 @@ struct src {
 
     bool tracking, paused, released;
     bool peer_gave_up; /* the target sent ERROR/ABORT: no ERROR back */
+
+    uint64_t pace_t0, pace_b0; /* max_bandwidth: when and at which byte count the pass began */
+    unsigned throttle;         /* auto-converge: the vCPU throttle set, percent */
 };
 
 static uint64_t now_us(void)
@@ -311,6 +317,26 @@ static int read_ack(struct src *x)
 
 /* ---- RAM ---------------------------------------------------------------- */
 
+/*
+ * max_bandwidth: during a live pass, sleeps until the bytes sent since the
+ * pass began are due at that rate. The paused pass is never held back.
+ */
+static void pace(struct src *x)
+{
+    uint64_t cap = x->p->cfg.max_bandwidth;
+    if (!cap || x->paused)
+        return;
+    uint64_t sent = x->st->phase[x->phase].bytes - x->pace_b0;
+    uint64_t due = (uint64_t)((double)sent * 1e6 / (double)cap), spent = now_us() - x->pace_t0;
+    if (due > spent) {
+        uint64_t us = due - spent;
+        struct timespec ts = {.tv_sec = (time_t)(us / 1000000),
+                              .tv_nsec = (long)(us % 1000000) * 1000};
+        while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+            ;
+    }
+}
+
 static int flush_batch(struct src *x)
 {
     struct mig_ram_batch *b = x->batch;
@@ -325,6 +351,7 @@ static int flush_batch(struct src *x)
     x->st->phase[x->phase].pages += b->npages;
     x->st->phase[x->phase].zero_pages += b->npages - b->nnz;
     mig_ram_batch_reset(b);
+    pace(x);
     return poll_peer(x);
 }
 
@@ -335,6 +362,8 @@ static int flush_batch(struct src *x)
 static int send_pages(struct src *x, const uint64_t *bits, const uint64_t *holes, uint64_t *count)
 {
     *count = 0;
+    x->pace_t0 = now_us();
+    x->pace_b0 = x->st->phase[x->phase].bytes;
     mig_ram_batch_reset(x->batch);
     for (size_t w = 0; w < x->nwords; w++) {
         uint64_t word = bits[w];
@@ -395,6 +424,47 @@ static uint64_t popcount(const uint64_t *bits, size_t nwords)
 }
 
 /*
+ * Auto-converge (like QEMU's): a live pass after which the guest had
+ * dirtied more than half the bytes the pass sent is "high"; after two
+ * high passes in a row the vCPUs are throttled (MIG_THROTTLE_INITIAL
+ * percent of their time taken away), and every further high pass takes
+ * MIG_THROTTLE_STEP more, up to MIG_THROTTLE_MAX. The throttle ends with
+ * the live passes (at the pause) or with a failure.
+ */
+static int auto_converge(struct src *x, uint32_t pass, uint64_t dirty_bytes, uint64_t sent_bytes,
+                         unsigned *high)
+{
+    if (x->p->cfg.no_auto_converge || !x->vm->throttle || pass < 2)
+        return 0;
+    if (dirty_bytes <= sent_bytes / 2) {
+        *high = 0;
+        return 0;
+    }
+    ++*high;
+    if (x->throttle ? x->throttle >= MIG_THROTTLE_MAX : *high < 2)
+        return 0;
+    unsigned pct = x->throttle ? x->throttle + MIG_THROTTLE_STEP : MIG_THROTTLE_INITIAL;
+    if (pct > MIG_THROTTLE_MAX)
+        pct = MIG_THROTTLE_MAX;
+    int r = x->vm->throttle(x->p->vm, pct);
+    if (r < 0)
+        return vm_err(x, r, "cannot throttle the vCPUs");
+    log_msg(LOG_INFO, "migrate",
+            "pass %u: the guest dirtied %" PRIu64 " bytes while %" PRIu64
+            " were sent; vCPUs throttled by %u%%",
+            pass, dirty_bytes, sent_bytes, pct);
+    x->throttle = pct;
+    return 0;
+}
+
+static void unthrottle(struct src *x)
+{
+    if (x->throttle && x->vm->throttle)
+        x->vm->throttle(x->p->vm, 0);
+    x->throttle = 0;
+}
+
+/*
  * Pre-copy. Pass 1 sends every page; each pass re-arms the dirty
  * log for the pages it is about to send (so a page written while it is
  * being sent is sent again) and sends what the log reported. After each
@@ -411,7 +481,8 @@ static int precopy(struct src *x)
     uint32_t max_passes = c->max_passes ? c->max_passes : MIG_MAX_PASSES_DEFAULT;
     uint64_t limit_us = (uint64_t)(c->precopy_ms ? c->precopy_ms : MIG_PRECOPY_MS_DEFAULT) * 1000;
     uint64_t start = now_us();
-    uint64_t bw = 0; /* bytes per second */
+    uint64_t bw = 0;   /* bytes per second */
+    unsigned high = 0; /* consecutive passes that dirtied more than half what they sent */
 
     int r = x->vm->dirty_start(x->p->vm);
     if (r < 0)
@@ -463,8 +534,12 @@ static int precopy(struct src *x)
         if (why) {
             x->st->converged = dirty == 0 || predicted <= budget;
             x->st->precopy_end = why;
+            x->st->throttle_pct = x->throttle;
             return 0;
         }
+        if ((r = auto_converge(x, pass, dirty * GUEST_PAGE_SIZE, db, &high)) < 0)
+            return r;
+        x->st->throttled_passes += x->throttle != 0;
     }
 }
 
@@ -475,6 +550,7 @@ static int final_ram(struct src *x)
         return cella_err(x->errs, r, "", "migration: cannot pause the machine: %s", strerror(-r));
     x->paused = true;
     x->t_pause = now_us();
+    unthrottle(x);
     if ((r = send_phase(x, MIG_PHASE_PAUSE)) < 0 ||
         (r = send_phase(x, MIG_PHASE_RAM_PUSH_DIRTY)) < 0)
         return r;
@@ -673,6 +749,7 @@ static void fail_cleanup(struct src *x, int code)
         if (mig_msg_encode(&m, &x->out) == 0)
             mig_stream_send(x->s, x->out.buf, x->out.len);
     }
+    unthrottle(x);
     if (x->tracking)
         x->vm->dirty_stop(x->p->vm);
     x->tracking = false;
@@ -727,6 +804,7 @@ int mig_source_run(struct mig_stream *s, const struct mig_source_params *p,
                   "migration: the connection broke during the finish handshake; the target may be "
                   "running the guest, so this side stays paused with its backends released");
         res->stats.blackout_us = end - x.t_pause;
+        unthrottle(&x);
         x.vm->dirty_stop(p->vm);
         enter(&x, MIG_PHASE_ERROR);
     } else {

@@ -48,6 +48,10 @@
 #define MIG_MAX_PASSES_DEFAULT  30
 #define MIG_PRECOPY_MS_DEFAULT  120000
 #define MIG_CLOSE_GRACE_MS      2000
+/* Auto-converge: the first vCPU throttle, the step per pass, the ceiling (percent). */
+#define MIG_THROTTLE_INITIAL 20
+#define MIG_THROTTLE_STEP    10
+#define MIG_THROTTLE_MAX     99
 
 struct mig_source_config {
     uint32_t downtime_ms;      /* budget for the paused part; 0: 300 */
@@ -55,6 +59,8 @@ struct mig_source_config {
     uint32_t precopy_ms;       /* pre-copy time before pausing anyway; 0: 120 s */
     uint32_t total_timeout_ms; /* give up if RELEASED is not reached by then; 0: never */
     int stall_ms;              /* peer silence that ends the migration; 0: 30 s */
+    uint64_t max_bandwidth;    /* bytes per second for the live passes; 0: unlimited */
+    bool no_auto_converge;     /* never throttle the vCPUs (auto-converge is on by default) */
     bool fail_exports;         /* failure injector: device export fails */
 };
 

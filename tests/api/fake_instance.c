@@ -363,9 +363,9 @@ int instance_migration_report(struct instance *in, char **json)
     return -ENOENT;
 }
 
-int instance_set_migration_downtime(struct instance *in, uint32_t downtime_ms)
+int instance_set_migration_settings(struct instance *in, const struct instance_mig_settings *s)
 {
-    (void)downtime_ms;
+    (void)s;
     pthread_mutex_lock(&in->lock);
     bool exists = in->exists;
     pthread_mutex_unlock(&in->lock);

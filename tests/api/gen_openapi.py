@@ -103,18 +103,27 @@ CELLA_PATHS = {
     "/instance/migration-settings": {"put": {
         "operationId": "instance_migration_settings_put",
         "summary": "cella: settings for this instance's next outgoing live migrations",
-        "description": "downtime_ms: the budget for the paused part of a migration (the "
-                       "source pauses once its predicted final pass fits it; default 300).",
+        "description": "One or more of: downtime_ms, the budget for the paused part of a "
+                       "migration (the source pauses once its predicted final pass fits it; "
+                       "default 300); max_bandwidth_mibps, a cap on the live passes' rate in "
+                       "MiB/s (0, the default: none; the paused pass is never held back); "
+                       "auto_converge, whether the source may throttle the vCPUs of a guest "
+                       "that dirties memory faster than the link carries it (default true). "
+                       "A field left out keeps its value.",
         "requestBody": {"required": True, "content": {"application/json": {"schema": {
-            "type": "object", "x-cella": True, "required": ["downtime_ms"],
+            "type": "object", "x-cella": True, "minProperties": 1,
             "additionalProperties": False,
             "properties": {"downtime_ms": {"type": "integer", "minimum": 1,
-                                           "maximum": 600000}}}}}},
+                                           "maximum": 600000},
+                           "max_bandwidth_mibps": {"type": "integer", "minimum": 0,
+                                                   "maximum": 1048576},
+                           "auto_converge": {"type": "boolean"}}}}}},
         "responses": {"204": {"description": "set"},
                       "4XX": {"$ref": "#/components/responses/Error"},
                       "5XX": {"$ref": "#/components/responses/Error"}},
         "x-cella": True,
-        "x-cella-status-codes": {"204": "set", "400": "not {\"downtime_ms\": 1..600000}",
+        "x-cella-status-codes": {"204": "set", "400": "no known field, an unknown one, or a "
+                                 "value out of range",
                                  "424": NO_INSTANCE}}},
     "/instance/migration-report": {"get": {
         "operationId": "instance_migration_report",
@@ -132,6 +141,8 @@ CELLA_PATHS = {
                     "precopy_end": {"type": "string"}, "bandwidth_bps": {"type": "integer"},
                     "predicted_downtime_ms": {"type": "integer"},
                     "final_dirty_pages": {"type": "integer"}, "error": {"type": "string"},
+                    "throttle_pct": {"type": "integer"},
+                    "throttled_passes": {"type": "integer"},
                     "phases": {"type": "object", "additionalProperties": {
                         "type": "object", "properties": {
                             "ms": {"type": "number"}, "bytes": {"type": "integer"},

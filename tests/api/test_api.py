@@ -430,7 +430,13 @@ def test_migration_settings(api):
     api.ensure()
     api.cella_only = True
     api.put("/instance/migration-settings", json={"downtime_ms": 100}, expect=204)
-    for bad in ({"downtime_ms": 0}, {"downtime_ms": 700000}, {"downtime": 5}, {}):
+    api.put("/instance/migration-settings", json={"max_bandwidth_mibps": 64}, expect=204)
+    api.put("/instance/migration-settings", json={"auto_converge": False}, expect=204)
+    api.put("/instance/migration-settings",
+            json={"downtime_ms": 5, "max_bandwidth_mibps": 0, "auto_converge": True}, expect=204)
+    for bad in ({"downtime_ms": 0}, {"downtime_ms": 700000}, {"downtime": 5}, {},
+                {"max_bandwidth_mibps": -1}, {"max_bandwidth_mibps": 2 << 20},
+                {"auto_converge": 1}, {"downtime_ms": 10, "auto_converge": "yes"}):
         api.put("/instance/migration-settings", json=bad, expect=400)
 
 

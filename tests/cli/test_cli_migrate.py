@@ -420,6 +420,27 @@ def test_start_target_accepts_addresses_of_this_host():
     assert r.returncode == UNREACHABLE  # the source is not there
 
 
+def test_migration_settings_sent_to_the_source(src, dst):
+    src.migration = {"migration_out": "Finish"}
+    dst.migration = {"migration_in": "Finish"}
+    src.report = lambda: dict(REPORT, migration_id=dst.migration_id, throttle_pct=40,
+                              throttled_passes=3)
+    r = migrate("--from", src.addr, "--to", dst.addr, "--max-bandwidth", "128",
+                "--no-auto-converge")
+    assert r.returncode == OK, r.stderr
+    assert [q.json() for q in src.by("PUT", "/instance/migration-settings")] == \
+        [{"max_bandwidth_mibps": 128, "auto_converge": False}]
+    assert "throttle: vCPUs slowed by 40% (3 passes throttled)\n" in r.stdout
+
+
+@pytest.mark.parametrize("value", ["-1", "x", "", "1048577"])
+def test_bad_max_bandwidth(src, value):
+    r = migrate("--from", src.addr, "--to", "127.0.0.1:1", "--max-bandwidth", value)
+    assert r.returncode == USAGE
+    assert "--max-bandwidth" in r.stderr and "0..1048576" in r.stderr
+    assert src.requests == []
+
+
 @pytest.mark.parametrize("args", [["--target-arg", "--bootrom=x"], ["--target-log", "x.log"]])
 def test_target_options_need_start_target(src, args):
     r = migrate("--from", src.addr, "--to", "127.0.0.1:1", *args)

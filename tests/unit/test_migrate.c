@@ -534,6 +534,8 @@ struct fake_vm {
     bool fail_resume;
     int reset_at_fetch; /* source: the guest "resets" at this dirty fetch (1-based); 0 never */
     int fetches;
+    unsigned throttle, max_throttle; /* auto-converge: the current and the highest throttle */
+    int throttle_calls;
 };
 
 static void fake_init(struct fake_vm *v, uint64_t npages, bool source)
@@ -619,7 +621,9 @@ static int f_dirty_fetch(void *vm, uint64_t *out)
     if (v->reset_at_fetch && ++v->fetches >= v->reset_at_fetch)
         return -ECANCELED;
     if (!v->paused) {
-        for (uint32_t i = 0; i < v->dirty_rate; i++) {
+        /* A throttled "guest" runs (100 - throttle) % of the time: it writes that much less. */
+        uint32_t rate = (uint32_t)((uint64_t)v->dirty_rate * (100 - v->throttle) / 100);
+        for (uint32_t i = 0; i < rate; i++) {
             uint64_t p = rnd(v) % v->npages;
             v->ram[p * 4096 + rnd(v) % 4096] = (uint8_t)rnd(v);
             v->dirty[p / 64] |= 1ull << (p % 64);
@@ -635,6 +639,17 @@ static int f_dirty_clear(void *vm, const uint64_t *bits)
     struct fake_vm *v = vm;
     for (uint64_t w = 0; w < (v->npages + 63) / 64; w++)
         v->dirty[w] &= ~bits[w];
+    return 0;
+}
+
+static int f_throttle(void *vm, unsigned pct)
+{
+    struct fake_vm *v = vm;
+    assert_true(pct <= 99);
+    v->throttle = pct;
+    v->throttle_calls++;
+    if (pct > v->max_throttle)
+        v->max_throttle = pct;
     return 0;
 }
 
@@ -693,6 +708,7 @@ static const struct mig_vm_ops fake_ops = {
     .dirty_fetch = f_dirty_fetch,
     .dirty_clear = f_dirty_clear,
     .dirty_stop = f_dirty_stop,
+    .throttle = f_throttle,
     .save_state = f_save,
     .resume = f_resume,
     .load_state = f_load,
@@ -1064,9 +1080,11 @@ static void test_convergence_max_passes(void **state)
 {
     struct pair p;
     pair_init(&p);
-    p.sr->side.vm.dirty_rate = 3000; /* ~12 MiB per pass: never fits 1 ms */
+    p.sr->side.vm.dirty_rate = 3000; /* ~9 MiB per pass: at 256 MiB/s never fits 1 ms */
     p.sr->cfg.downtime_ms = 1;
     p.sr->cfg.max_passes = 4;
+    p.sr->cfg.max_bandwidth = 256u << 20;
+    p.sr->cfg.no_auto_converge = true;
     pair_run(&p, (struct mig_target_config){0});
     assert_int_equal(p.sr->rc, 0);
     assert_int_equal(p.t_run, 0);
@@ -1090,10 +1108,95 @@ static void test_convergence_time_limit(void **state)
     p.sr->cfg.downtime_ms = 1;
     p.sr->cfg.max_passes = 100000;
     p.sr->cfg.precopy_ms = 100;
+    p.sr->cfg.max_bandwidth = 256u << 20;
+    p.sr->cfg.no_auto_converge = true;
     pair_run(&p, (struct mig_target_config){0});
     assert_int_equal(p.sr->rc, 0);
     assert_string_equal(p.sr->res.stats.precopy_end, "time limit");
+    assert_int_equal(p.sr->side.vm.throttle_calls, 0);
     assert_memory_equal(p.sr->side.vm.ram, p.tg->vm.ram, RAM_PAGES * 4096);
+    pair_free(&p);
+}
+
+/*
+ * A guest that dirties faster than the link: auto-converge throttles its
+ * vCPUs step by step until the final pass fits the budget, and ends the
+ * throttle at the pause.
+ */
+static void test_auto_converge(void **state)
+{
+    (void)state;
+    struct pair p;
+    pair_init(&p);
+    p.sr->side.vm.dirty_rate = 3000;
+    p.sr->cfg.downtime_ms = 10;
+    p.sr->cfg.max_bandwidth = 256u << 20; /* 10 ms: about 650 dirty pages */
+    pair_run(&p, (struct mig_target_config){0});
+    assert_committed(&p);
+    const struct mig_stats *st = &p.sr->res.stats;
+    assert_true(st->converged);
+    assert_string_equal(st->precopy_end, "converged");
+    assert_true(st->throttle_pct >= MIG_THROTTLE_INITIAL + MIG_THROTTLE_STEP);
+    assert_int_equal(st->throttle_pct, p.sr->side.vm.max_throttle);
+    assert_true(st->throttled_passes >= 2);
+    assert_int_equal(p.sr->side.vm.throttle, 0); /* ended at the pause */
+    assert_true(st->bandwidth_bps <= (256u << 20) + (256u << 20) / 20);
+    pair_free(&p);
+}
+
+/* The same guest without auto-converge: pre-copy gives up at max passes. */
+static void test_auto_converge_off(void **state)
+{
+    (void)state;
+    struct pair p;
+    pair_init(&p);
+    p.sr->side.vm.dirty_rate = 3000;
+    p.sr->cfg.downtime_ms = 10;
+    p.sr->cfg.max_passes = 12;
+    p.sr->cfg.max_bandwidth = 256u << 20;
+    p.sr->cfg.no_auto_converge = true;
+    pair_run(&p, (struct mig_target_config){0});
+    assert_committed(&p);
+    assert_false(p.sr->res.stats.converged);
+    assert_string_equal(p.sr->res.stats.precopy_end, "max passes");
+    assert_int_equal(p.sr->res.stats.throttle_pct, 0);
+    assert_int_equal(p.sr->side.vm.throttle_calls, 0);
+    pair_free(&p);
+}
+
+/* A failure while throttled: the source resumes unthrottled. */
+static void test_throttle_ends_on_failure(void **state)
+{
+    (void)state;
+    struct pair p;
+    pair_init(&p);
+    p.sr->side.vm.dirty_rate = 3000;
+    p.sr->cfg.downtime_ms = 1;
+    p.sr->cfg.max_bandwidth = 256u << 20;
+    p.sr->side.vm.reset_at_fetch = 6; /* throttled from the third pass on */
+    pair_run(&p, (struct mig_target_config){0});
+    assert_int_equal(p.sr->rc, -ECANCELED);
+    assert_true(p.sr->res.resumed);
+    assert_true(p.sr->side.vm.max_throttle >= MIG_THROTTLE_INITIAL);
+    assert_int_equal(p.sr->side.vm.throttle, 0);
+    pair_free(&p);
+}
+
+/* max_bandwidth holds the live passes to the rate. */
+static void test_max_bandwidth(void **state)
+{
+    (void)state;
+    struct pair p;
+    pair_init(&p);
+    p.sr->cfg.max_bandwidth = 64u << 20;
+    pair_run(&p, (struct mig_target_config){0});
+    assert_committed(&p);
+    const struct mig_stats *st = &p.sr->res.stats;
+    uint64_t live = st->phase[MIG_PHASE_RAM_PUSH].bytes;
+    assert_true(live > (4u << 20));
+    /* the pass took at least bytes / rate */
+    assert_true(st->phase[MIG_PHASE_RAM_PUSH].us >= live * 1000000 / (64u << 20));
+    assert_true(st->bandwidth_bps <= (64u << 20) + (64u << 20) / 20);
     pair_free(&p);
 }
 
@@ -1723,6 +1826,10 @@ int main(void)
         cmocka_unit_test(test_convergence_max_passes),
         cmocka_unit_test(test_convergence_time_limit),
         cmocka_unit_test(test_converges_quickly),
+        cmocka_unit_test(test_auto_converge),
+        cmocka_unit_test(test_auto_converge_off),
+        cmocka_unit_test(test_throttle_ends_on_failure),
+        cmocka_unit_test(test_max_bandwidth),
         cmocka_unit_test(test_fail_exports),
         cmocka_unit_test(test_fail_imports),
         cmocka_unit_test(test_abort_after_released),
