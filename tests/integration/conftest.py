@@ -2,8 +2,10 @@
 kit (tools/guest) on real KVM. Run them through tools/testhost/run (see
 tests/integration/run), which provides /dev/kvm that can boot a stock
 kernel on every machine."""
+import faulthandler
 import os
 import shlex
+import signal
 import subprocess
 import sys
 
@@ -14,6 +16,31 @@ BUILD = os.environ.get("CELLA_BUILD_DIR", os.path.join(ROOT, "build"))
 sys.path.insert(0, os.path.join(ROOT, "tools", "guest"))
 
 from console import GuestConsole, GuestError  # noqa: E402
+
+# A test that runs longer than this fails (with every thread's traceback)
+# instead of holding the whole test-host run until its timeout.
+TEST_TIMEOUT = int(os.environ.get("CELLA_TEST_TIMEOUT", "300"))
+
+
+class TestTimeout(Exception):
+    pass
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    def expired(signum, frame):
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        raise TestTimeout(f"{item.nodeid} ran longer than {TEST_TIMEOUT} s "
+                          "(CELLA_TEST_TIMEOUT); tracebacks above")
+
+    old = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(TEST_TIMEOUT)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
 
 SEABIOS = "/usr/share/seabios/bios-256k.bin"
 LINUXBOOT = "/usr/share/qemu/linuxboot_dma.bin"

@@ -144,10 +144,40 @@ class GuestConsole:
             self.kill()
             raise GuestError("VMM did not exit after poweroff")
 
-    def kill(self):
+    def kill(self, wait=30):
+        """SIGKILL the VMM; a process that does not go (stuck in the kernel) is reported."""
         if self.proc.poll() is None:
             self.proc.kill()
-            self.proc.wait()
+            try:
+                self.proc.wait(wait)
+            except subprocess.TimeoutExpired:
+                raise GuestError("VMM pid %d did not exit %d s after SIGKILL:\n%s" %
+                                 (self.proc.pid, wait, _proc_state(self.proc.pid)))
+
+
+def _proc_state(pid):
+    """Each thread's state and kernel wait channel/stack, for a stuck process."""
+    out = []
+    try:
+        tids = sorted(os.listdir("/proc/%d/task" % pid), key=int)
+    except OSError as e:
+        return "  (no /proc entry: %s)" % e
+    for tid in tids:
+        base = "/proc/%d/task/%s/" % (pid, tid)
+        parts = []
+        for name in ("comm", "wchan", "stat"):
+            try:
+                with open(base + name) as f:
+                    parts.append(f.read().strip())
+            except OSError:
+                pass
+        try:
+            with open(base + "stack") as f:
+                parts.append(f.read().strip().replace("\n", " | "))
+        except OSError:
+            pass
+        out.append("  tid %s: %s" % (tid, " ; ".join(parts)))
+    return "\n".join(out)
 
 
 def main():
