@@ -427,6 +427,7 @@ def run_cella(a, kit, scenario, seed):
                 "predicted_ms": report.get("predicted_downtime_ms"),
                 "final_dirty_pages": report.get("final_dirty_pages"),
                 "bandwidth_MiBps": report.get("bandwidth_bps", 0) / MIB,
+                "throttle_pct": report.get("throttle_pct", 0),
                 "phases": phases, "loop_rate": rate, "check": check}
     finally:
         if a.keep_logs:
@@ -716,7 +717,10 @@ def main():
                             f"{fmt(r['bytes'], MIB, 1):>7s} MiB  lo {fmt(r['lo_bytes'], MIB, 1):>7s}"
                             f" MiB  passes {r.get('passes')}")
                     if v == "cella":
-                        line += f" ({r.get('precopy_end')})"
+                        line += f" ({r.get('precopy_end')}"
+                        if r.get("throttle_pct"):
+                            line += f", vCPUs throttled {r['throttle_pct']}%"
+                        line += ")"
                 else:
                     line = r.get("note", "failed")
                 if r.get("loop_rate") is not None:
