@@ -13,14 +13,17 @@
 
 /*
  * Written from the NVM Express Base Specification 1.4. Section numbers
- * below refer to it.
+ * below refer to it (Doorbell Buffer Config: 1.3's §5.7 and §7.13).
  *
  * Lock rules (see nvme.h): `lock` is taken first, `cq_lock` second. The
  * queue tables n->sq[] and n->cq[] change only with both held, so either
  * one is enough to read them. A queue's fields fixed at creation (ring,
  * size, ids, its SQ's cq pointer) are read without locks. cq_lock guards
  * every completion queue's head, tail, phase and reservations, INTMS, the
- * INTx level and io_inflight. The MSI-X lock is taken after either of ours
+ * INTx level and io_inflight. The shadow doorbell state (n->dbs, n->eis,
+ * their addresses, dbbuf_on and each queue's `shadow`) also changes only
+ * with both held: submission processing reads it under `lock`, completion
+ * posting under `cq_lock`. The MSI-X lock is taken after either of ours
  * and never before, so notifying under `lock` (a backend that completes
  * inline) cannot deadlock; we still notify with cq_lock released.
  */
@@ -51,6 +54,7 @@
 #define ADM_SET_FEATURES 0x09
 #define ADM_GET_FEATURES 0x0a
 #define ADM_ASYNC_EVENT  0x0c
+#define ADM_DBBUF        0x7c /* Doorbell Buffer Config (1.3 §5.7) */
 
 /* NVM opcodes (NVM command set §6). */
 #define NVM_FLUSH        0x00
@@ -106,6 +110,10 @@
 #define AEI_BAD_DB_REG   0x00
 #define AEI_BAD_DB_VALUE 0x01
 
+/* Byte offsets of a queue's slots in the shadow doorbell and EventIdx pages (CAP.DSTRD 0). */
+#define SQ_SLOT(qid) (8u * (qid))
+#define CQ_SLOT(qid) (8u * (qid) + 4u)
+
 static const char MODEL[] = "cella NVMe disk";
 static const char FIRMWARE[] = "1.0";
 
@@ -124,6 +132,7 @@ struct nvme_cq {
     uint8_t *ring;
     uint64_t gpa; /* of the ring: dirty marks, migration */
     unsigned nsq; /* SQs posting here (lock) */
+    bool shadow;  /* head from the shadow doorbell (both locks to change) */
     /* cq_lock: */
     uint32_t head, tail, reserved;
     bool phase;
@@ -136,7 +145,8 @@ struct nvme_sq {
     uint8_t *ring;
     uint64_t gpa; /* of the ring: migration */
     struct nvme_cq *cq;
-    uint32_t tail;
+    bool shadow;           /* tail from the shadow doorbell (both locks to change) */
+    uint32_t tail;         /* the last one written or read from the shadow (lock) */
     _Atomic uint32_t head; /* read by completions on other threads */
 };
 
@@ -179,6 +189,52 @@ static void cmd_decode(struct nvme_cmd *c, const uint8_t *e)
     c->cdw13 = le32(e + 52);
 }
 
+/* ---- shadow doorbells and EventIdx (1.3 §7.13) ---- */
+
+/*
+ * A queue's shadow doorbell as the guest last wrote it. Acquire: the
+ * entries the guest wrote before it are read after it. Either lock held
+ * (the pages do not change under it).
+ */
+static uint32_t db_read(const struct nvme_disk *n, unsigned slot)
+{
+    uint32_t raw =
+        __atomic_load_n((const uint32_t *)(const void *)(n->dbs + slot), __ATOMIC_ACQUIRE);
+    return le32((const uint8_t *)&raw);
+}
+
+static void page_put(const struct nvme_disk *n, uint8_t *page, uint64_t gpa, unsigned slot,
+                     uint32_t v)
+{
+    uint8_t le[4];
+    uint32_t raw;
+    put32(le, v);
+    memcpy(&raw, le, 4);
+    __atomic_store_n((uint32_t *)(void *)(page + slot), raw, __ATOMIC_RELEASE);
+    guest_mem_dirty(n->mem, gpa + slot, 4);
+}
+
+static void db_write(const struct nvme_disk *n, unsigned slot, uint32_t v)
+{
+    page_put(n, n->dbs, n->dbs_gpa, slot, v);
+}
+
+static void ei_write(const struct nvme_disk *n, unsigned slot, uint32_t v)
+{
+    page_put(n, n->eis, n->eis_gpa, slot, v);
+}
+
+/*
+ * The other half of the guest's "write the shadow, full barrier, read
+ * EventIdx" (Linux nvme_dbbuf_update_and_check_event): our EventIdx store
+ * is ordered before our next shadow load, so either the guest sees the new
+ * EventIdx and rings, or we see its new shadow value.
+ */
+static void ei_fence(void)
+{
+    atomic_thread_fence(memory_order_seq_cst);
+}
+
 /* ---- interrupts and completion posting ---- */
 
 /* Entries posted and not consumed. cq_lock held. */
@@ -190,6 +246,49 @@ static uint32_t cq_used(const struct nvme_cq *cq)
 static bool cq_has_room(const struct nvme_cq *cq)
 {
     return cq_used(cq) + cq->reserved < cq->size - 1;
+}
+
+/* Whether a new CQ head lies between the old head and the tail. cq_lock held. */
+static bool cq_head_ok(const struct nvme_cq *cq, uint32_t v)
+{
+    return v < cq->size && (v + cq->size - cq->head) % cq->size <= cq_used(cq);
+}
+
+/*
+ * Takes cq's head from its shadow doorbell; a value outside [head, tail]
+ * is ignored. Returns whether the head moved. cq_lock held.
+ */
+static bool cq_shadow_head(struct nvme_disk *n, struct nvme_cq *cq)
+{
+    uint32_t v = db_read(n, CQ_SLOT(cq->qid));
+    if (v == cq->head)
+        return false;
+    if (!cq_head_ok(cq, v)) {
+        guest_error(n->name, "bad CQ %u shadow head %u", cq->qid, v);
+        return false;
+    }
+    cq->head = v;
+    return true;
+}
+
+/*
+ * Makes the guest ring cq's head doorbell at its next head update:
+ * EventIdx = head, barrier, and the shadow again; if the guest moved the
+ * head meanwhile (it may have checked the old EventIdx), take it and
+ * repeat. Each round moves the head towards the tail, so this ends.
+ * Returns whether the head moved. cq_lock held, cq->shadow.
+ */
+static bool cq_arm(struct nvme_disk *n, struct nvme_cq *cq)
+{
+    bool moved = cq_shadow_head(n, cq);
+    for (uint32_t i = 0; i < cq->size; i++) {
+        ei_write(n, CQ_SLOT(cq->qid), cq->head);
+        ei_fence();
+        if (!cq_shadow_head(n, cq))
+            break;
+        moved = true;
+    }
+    return moved;
 }
 
 /*
@@ -209,9 +308,27 @@ static bool intx_wanted(struct nvme_disk *n)
     return level;
 }
 
+/*
+ * While INTx is asserted, a CQ whose head comes from a shadow doorbell
+ * must have the guest ring as it consumes, or the level never drops.
+ * Returns whether a head moved. cq_lock held.
+ */
+static bool intx_arm(struct nvme_disk *n)
+{
+    bool moved = false;
+    for (unsigned q = 1; q <= NVME_MAX_IO_QUEUES; q++) {
+        struct nvme_cq *cq = n->cq[q];
+        if (cq && cq->shadow && cq->ien && cq->head != cq->tail)
+            moved |= cq_arm(n, cq);
+    }
+    return moved;
+}
+
 static void intx_update(struct nvme_disk *n)
 {
     bool level = intx_wanted(n);
+    if (level && intx_arm(n))
+        level = intx_wanted(n);
     if (level != n->intx_level) {
         n->intx_level = level;
         pci_set_irq(&n->func, level);
@@ -265,11 +382,24 @@ static void complete(struct nvme_disk *n, struct nvme_sq *sq, uint16_t cid, uint
     msi_signal(n, ien, vector);
 }
 
-/* Reserves a completion slot for a command about to be fetched. */
+/*
+ * Reserves a completion slot for a command about to be fetched. A CQ
+ * with a shadow head that looks full may not be: the guest consumes
+ * without ringing. Then it is read, and if still full, armed so the
+ * guest rings when it frees room (that doorbell resumes the SQs).
+ */
 static bool cq_reserve(struct nvme_disk *n, struct nvme_cq *cq)
 {
     pthread_mutex_lock(&n->cq_lock);
     bool ok = cq_has_room(cq);
+    if (!ok && cq->shadow) {
+        bool moved = cq_shadow_head(n, cq);
+        if (!cq_has_room(cq))
+            moved |= cq_arm(n, cq);
+        if (moved)
+            intx_update(n);
+        ok = cq_has_room(cq);
+    }
     if (ok)
         cq->reserved++;
     pthread_mutex_unlock(&n->cq_lock);
@@ -492,6 +622,8 @@ static void identify_ctrl(const struct nvme_disk *n, uint8_t *d)
     d[512] = 0x66;                     /* SQES: 64 bytes */
     d[513] = 0x44;                     /* CQES: 16 bytes */
     put32(d + 516, 1);                 /* NN */
+    if (n->dbbuf_offer)
+        put16(d + 256, 1u << 8); /* OACS: Doorbell Buffer Config */
     uint16_t oncs = 0;
     if (bi->can_discard)
         oncs |= 1u << 2; /* Dataset Management */
@@ -789,6 +921,92 @@ static struct nvme_sq *sq_new(uint16_t qid, uint32_t size, uint8_t *ring, uint64
     return sq;
 }
 
+/*
+ * Shadow doorbells for a new or existing I/O queue: from now on its SQ
+ * tail or CQ head comes from the shadow page. `publish` writes the
+ * controller's value to the shadow slot and EventIdx (the buffers mirror
+ * the doorbells, §5.7; Linux has zeroed them and its queues start at 0);
+ * a loaded controller does not, as the guest's shadow is newer than the
+ * payload. Both locks held, n->dbbuf_on.
+ */
+static void cq_shadow_on(struct nvme_disk *n, struct nvme_cq *cq, bool publish)
+{
+    cq->shadow = true;
+    if (publish) {
+        db_write(n, CQ_SLOT(cq->qid), cq->head);
+        ei_write(n, CQ_SLOT(cq->qid), cq->head);
+    }
+}
+
+static void sq_shadow_on(struct nvme_disk *n, struct nvme_sq *sq, bool publish)
+{
+    sq->shadow = true;
+    if (publish) {
+        db_write(n, SQ_SLOT(sq->qid), sq->tail);
+        ei_write(n, SQ_SLOT(sq->qid), sq->tail);
+    }
+}
+
+/* Tells the machine whether SQ qid's doorbell is a shadow one. lock held, cq_lock not. */
+static void backing(struct nvme_disk *n, uint16_t qid, bool on)
+{
+    if (n->hooks.doorbell_backing)
+        n->hooks.doorbell_backing(n->hooks.ctx, qid, on);
+}
+
+/*
+ * Sets the shadow doorbell and EventIdx pages (page-aligned, inside RAM)
+ * and moves every I/O queue onto them. lock held.
+ */
+static void dbbuf_set(struct nvme_disk *n, uint64_t dbs_gpa, uint8_t *dbs, uint64_t eis_gpa,
+                      uint8_t *eis, bool publish)
+{
+    pthread_mutex_lock(&n->cq_lock);
+    n->dbbuf_on = true;
+    n->dbs_gpa = dbs_gpa;
+    n->dbs = dbs;
+    n->eis_gpa = eis_gpa;
+    n->eis = eis;
+    for (unsigned q = 1; q <= NVME_MAX_IO_QUEUES; q++) {
+        if (n->cq[q])
+            cq_shadow_on(n, n->cq[q], publish);
+        if (n->sq[q])
+            sq_shadow_on(n, n->sq[q], publish);
+    }
+    pthread_mutex_unlock(&n->cq_lock);
+    for (unsigned q = 1; q <= NVME_MAX_IO_QUEUES; q++) {
+        if (n->sq[q])
+            backing(n, (uint16_t)q, true);
+    }
+}
+
+/* Forgets the pages; the queues are gone (queues_clear). lock held. */
+static void dbbuf_clear(struct nvme_disk *n)
+{
+    pthread_mutex_lock(&n->cq_lock);
+    n->dbbuf_on = false;
+    n->dbs_gpa = n->eis_gpa = 0;
+    n->dbs = n->eis = NULL;
+    pthread_mutex_unlock(&n->cq_lock);
+}
+
+/* Doorbell Buffer Config (1.3 §5.7): PRP1 the shadow doorbells, PRP2 EventIdx. */
+static uint16_t admin_dbbuf(struct nvme_disk *n, const struct nvme_cmd *c)
+{
+    if (!n->dbbuf_offer)
+        return ST_INVALID_OPCODE | ST_DNR;
+    /* Each a single memory page (CC.MPS: 4 KiB), so page-aligned; and inside RAM. */
+    uint8_t *dbs = ring_map(n, c->prp1, NVME_PAGE_SIZE);
+    uint8_t *eis = ring_map(n, c->prp2, NVME_PAGE_SIZE);
+    if (!dbs || !eis) {
+        guest_error(n->name, "doorbell buffers 0x%llx / 0x%llx not page-aligned RAM",
+                    (unsigned long long)c->prp1, (unsigned long long)c->prp2);
+        return ST_INVALID_FIELD | ST_DNR;
+    }
+    dbbuf_set(n, c->prp1, dbs, c->prp2, eis, true);
+    return ST_SUCCESS;
+}
+
 static uint16_t admin_create_cq(struct nvme_disk *n, const struct nvme_cmd *c)
 {
     uint16_t qid = c->cdw10 & 0xffff;
@@ -811,6 +1029,11 @@ static uint16_t admin_create_cq(struct nvme_disk *n, const struct nvme_cmd *c)
     if (!cq)
         return ST_INTERNAL_ERROR;
     cq_install(n, cq);
+    if (n->dbbuf_on) {
+        pthread_mutex_lock(&n->cq_lock);
+        cq_shadow_on(n, cq, true);
+        pthread_mutex_unlock(&n->cq_lock);
+    }
     return ST_SUCCESS;
 }
 
@@ -835,6 +1058,12 @@ static uint16_t admin_create_sq(struct nvme_disk *n, const struct nvme_cmd *c)
     if (!sq)
         return ST_INTERNAL_ERROR;
     sq_install(n, sq);
+    if (n->dbbuf_on) {
+        pthread_mutex_lock(&n->cq_lock);
+        sq_shadow_on(n, sq, true);
+        pthread_mutex_unlock(&n->cq_lock);
+        backing(n, qid, true);
+    }
     return ST_SUCCESS;
 }
 
@@ -852,12 +1081,15 @@ static void drain(struct nvme_disk *n)
 static void sq_delete(struct nvme_disk *n, uint16_t qid)
 {
     struct nvme_sq *sq = n->sq[qid];
+    bool shadow = sq->shadow;
     drain(n);
     pthread_mutex_lock(&n->cq_lock);
     n->sq[qid] = NULL;
     sq->cq->nsq--;
     pthread_mutex_unlock(&n->cq_lock);
     free(sq);
+    if (shadow)
+        backing(n, qid, false);
 }
 
 static void cq_delete(struct nvme_disk *n, uint16_t qid)
@@ -930,6 +1162,9 @@ static void admin_cmd(struct nvme_disk *n, struct nvme_sq *sq, const struct nvme
         break;
     case ADM_GET_FEATURES:
         st = admin_get_features(n, c, &dw0);
+        break;
+    case ADM_DBBUF:
+        st = admin_dbbuf(n, c);
         break;
     case ADM_ASYNC_EVENT:
         if (n->naer >= NVME_AER_LIMIT) {
@@ -1187,19 +1422,53 @@ static void io_cmd(struct nvme_disk *n, struct nvme_sq *sq, const struct nvme_cm
 
 /* ---- submission processing ---- */
 
+/* Reads sq's tail from its shadow doorbell into *v; false if out of range. lock held. */
+static bool sq_shadow_tail(struct nvme_disk *n, const struct nvme_sq *sq, uint32_t *v)
+{
+    *v = db_read(n, SQ_SLOT(sq->qid));
+    if (*v < sq->size)
+        return true;
+    guest_error(n->name, "bad SQ %u shadow tail %u", sq->qid, *v);
+    return false;
+}
+
 /*
  * Fetches and executes sq's new entries while its CQ has room; the rest
- * wait for a CQ head doorbell. Bounded by the queue size per call. Needs
- * bus mastering (the guest's permission to DMA). lock held.
+ * wait for a CQ head doorbell. With a shadow doorbell, the tail is read
+ * from it, and once every entry is consumed EventIdx gets that tail and
+ * the shadow is read again (§7.13): the guest skips the doorbell when it
+ * still saw the older EventIdx, and the second read is what sees its
+ * entry then. At most a queue's size of entries per call; past that the
+ * queue asks for another kick (a hostile guest cannot keep us here).
+ * Needs bus mastering (the guest's permission to DMA). lock held.
  */
 static void sq_process(struct nvme_disk *n, struct nvme_sq *sq)
 {
     if (!pci_func_bus_master(&n->func) || n->paused)
         return;
-    for (uint32_t budget = sq->size; budget; budget--) {
+    uint32_t budget = sq->size, v;
+    if (sq->shadow && sq_shadow_tail(n, sq, &v))
+        sq->tail = v;
+    for (;;) {
         uint32_t head = atomic_load(&sq->head);
-        if (head == sq->tail || !cq_reserve(n, sq->cq))
+        if (head == sq->tail) {
+            if (!sq->shadow)
+                return;
+            ei_write(n, SQ_SLOT(sq->qid), sq->tail);
+            ei_fence();
+            if (!sq_shadow_tail(n, sq, &v) || v == sq->tail)
+                return;
+            sq->tail = v;
+            continue;
+        }
+        if (!budget) {
+            if (n->hooks.kick_later)
+                n->hooks.kick_later(n->hooks.ctx, sq->qid);
             return;
+        }
+        if (!cq_reserve(n, sq->cq))
+            return;
+        budget--;
         struct nvme_cmd c;
         cmd_decode(&c, sq->ring + (size_t)head * NVME_SQE_SIZE);
         atomic_store(&sq->head, (head + 1) % sq->size);
@@ -1229,6 +1498,7 @@ static void queues_clear(struct nvme_disk *n)
     n->naer = 0;
     n->aen_pending = 0;
     n->aen_error_masked = false;
+    dbbuf_clear(n); /* not retained across a controller reset (§5.7) */
 }
 
 /* Controller reset (CC.EN 1 -> 0): AQA, ASQ and ACQ survive. lock held. */
@@ -1283,12 +1553,6 @@ static void cc_write(struct nvme_disk *n, uint32_t v)
 
 /* ---- doorbells ---- */
 
-/* Whether a new CQ head lies between the old head and the tail. cq_lock held. */
-static bool cq_head_ok(const struct nvme_cq *cq, uint32_t v)
-{
-    return v < cq->size && (v + cq->size - cq->head) % cq->size <= cq_used(cq);
-}
-
 static void doorbell(struct nvme_disk *n, unsigned idx, uint32_t v)
 {
     unsigned qid = idx / 2;
@@ -1298,6 +1562,10 @@ static void doorbell(struct nvme_disk *n, unsigned idx, uint32_t v)
     }
     if (idx % 2 == 0) {
         struct nvme_sq *sq = qid <= NVME_MAX_IO_QUEUES ? n->sq[qid] : NULL;
+        if (sq && sq->shadow) {
+            sq_process(n, sq); /* a kick: the tail is in the shadow doorbell */
+            return;
+        }
         if (!sq || v >= sq->size) {
             guest_error(n->name, "bad SQ %u tail doorbell %u", qid, v);
             aen_raise(n, sq ? AEI_BAD_DB_VALUE : AEI_BAD_DB_REG);
@@ -1509,12 +1777,42 @@ int nvme_init(struct nvme_disk *n, const char *name, const struct c_nvme_disk *s
     atomic_init(&n->reads, 0);
     atomic_init(&n->writes, 0);
     features_default(n);
+    n->dbbuf_offer = true;
     return 0;
 }
 
 struct pci_func *nvme_pci_func(struct nvme_disk *n)
 {
     return &n->func;
+}
+
+void nvme_set_hooks(struct nvme_disk *n, const struct nvme_hooks *h)
+{
+    n->hooks = h ? *h : (struct nvme_hooks){0};
+}
+
+void nvme_set_dbbuf(struct nvme_disk *n, bool offer)
+{
+    n->dbbuf_offer = offer;
+}
+
+unsigned nvme_doorbells(const struct nvme_disk *n, struct nvme_doorbell *out, unsigned max)
+{
+    (void)n;
+    for (unsigned q = 1; q <= NVME_MAX_IO_QUEUES && q <= max; q++)
+        out[q - 1] = (struct nvme_doorbell){
+            .bar = 0, .offset = NVME_DOORBELL_BASE + 8u * q, .width = 4, .qid = (uint16_t)q};
+    return NVME_MAX_IO_QUEUES;
+}
+
+void nvme_kick(struct nvme_disk *n, uint16_t qid)
+{
+    pthread_mutex_lock(&n->lock);
+    struct nvme_sq *sq = qid >= 1 && qid <= NVME_MAX_IO_QUEUES ? n->sq[qid] : NULL;
+    /* A kick that raced with a reset or a queue deletion finds nothing. */
+    if ((n->csts & NVME_CSTS_RDY) && sq && sq->shadow)
+        sq_process(n, sq);
+    pthread_mutex_unlock(&n->lock);
 }
 
 void nvme_reset(struct nvme_disk *n)
@@ -1562,6 +1860,9 @@ void nvme_resume(struct nvme_disk *n)
             sq_process(n, n->sq[q]);
     }
     aer_try_complete(n);
+    pthread_mutex_lock(&n->cq_lock);
+    intx_update(n); /* an asserted INTx on shadow CQs asks for their doorbells */
+    pthread_mutex_unlock(&n->cq_lock);
     pthread_mutex_unlock(&n->lock);
 }
 
@@ -1641,6 +1942,10 @@ int nvme_save(const struct nvme_disk *cn, struct mig_out *o)
     msix_save(&n->msix, o);
     mig_put_u64(o, n->nsze);
     mig_put_u32(o, n->lba_shift);
+    if (n->dbbuf_on) { /* version 2 */
+        mig_put_u64(o, n->dbs_gpa);
+        mig_put_u64(o, n->eis_gpa);
+    }
     if (!mig_out_ok(o))
         rc = -ENOMEM;
 out:
@@ -1740,8 +2045,36 @@ static bool csts_ok(uint32_t cc, uint32_t csts, const struct nvme_staged *st)
     return rdy ? st->cq[0] && st->sq[0] : !any;
 }
 
+/* The shadow doorbell pages a payload carries (version 2). */
+struct dbbuf_cfg {
+    bool on;
+    uint64_t dbs_gpa, eis_gpa;
+    uint8_t *dbs, *eis;
+};
+
+/*
+ * After the geometry: nothing, or (version 2) the two pages, which need a
+ * ready controller that offers them. 0 or -EINVAL.
+ */
+static int load_dbbuf(struct nvme_disk *n, struct mig_in *in, uint32_t version, bool ready,
+                      struct dbbuf_cfg *db)
+{
+    memset(db, 0, sizeof(*db));
+    if (version < 2 || mig_in_done(in))
+        return 0;
+    db->dbs_gpa = mig_get_u64(in);
+    db->eis_gpa = mig_get_u64(in);
+    if (!mig_in_ok(in) || !ready || !n->dbbuf_offer)
+        return -EINVAL;
+    db->dbs = ring_map(n, db->dbs_gpa, NVME_PAGE_SIZE);
+    db->eis = ring_map(n, db->eis_gpa, NVME_PAGE_SIZE);
+    db->on = true;
+    return db->dbs && db->eis ? 0 : -EINVAL;
+}
+
 /* Everything after the queues. lock held; applied only when valid. */
-static int load_rest(struct nvme_disk *n, struct mig_in *in, bool ready)
+static int load_rest(struct nvme_disk *n, struct mig_in *in, bool ready, uint32_t version,
+                     struct dbbuf_cfg *db)
 {
     uint32_t f[6];
     uint8_t irq_cfg[NVME_MSIX_VECTORS];
@@ -1788,7 +2121,8 @@ static int load_rest(struct nvme_disk *n, struct mig_in *in, bool ready)
         return -EINVAL;
     uint64_t nsze = mig_get_u64(in);
     uint32_t lba_shift = mig_get_u32(in);
-    if (!mig_in_done(in) || nsze != n->nsze || lba_shift != n->lba_shift)
+    if (!mig_in_ok(in) || nsze != n->nsze || lba_shift != n->lba_shift ||
+        load_dbbuf(n, in, version, ready, db) < 0 || !mig_in_done(in))
         return -EINVAL;
     return 0;
 }
@@ -1823,10 +2157,12 @@ static void load_reset(struct nvme_disk *n)
 
 int nvme_load(struct nvme_disk *n, struct mig_in *in, uint32_t version)
 {
-    if (version != NVME_STATE_VERSION)
+    if (version < 1 || version > NVME_STATE_VERSION)
         return -EPROTO;
     struct nvme_staged st;
+    struct dbbuf_cfg db;
     memset(&st, 0, sizeof(st));
+    memset(&db, 0, sizeof(db));
     pthread_mutex_lock(&n->lock);
     load_reset(n);
     uint32_t cc = mig_get_u32(in), csts = mig_get_u32(in), aqa = mig_get_u32(in);
@@ -1841,7 +2177,7 @@ int nvme_load(struct nvme_disk *n, struct mig_in *in, uint32_t version)
     if (rc == 0 && !csts_ok(cc, csts, &st))
         rc = -EINVAL;
     if (rc == 0)
-        rc = load_rest(n, in, csts & NVME_CSTS_RDY);
+        rc = load_rest(n, in, csts & NVME_CSTS_RDY, version, &db);
     if (rc == 0) {
         n->cc = cc;
         n->csts = csts;
@@ -1849,6 +2185,8 @@ int nvme_load(struct nvme_disk *n, struct mig_in *in, uint32_t version)
         n->asq = asq;
         n->acq = acq;
         install_queues(n, &st);
+        if (db.on) /* the guest's shadow values stay: resume reads them */
+            dbbuf_set(n, db.dbs_gpa, db.dbs, db.eis_gpa, db.eis, false);
         pthread_mutex_lock(&n->cq_lock);
         n->intms = intms;
         n->intx_level = intx_wanted(n); /* driven even if we thought it was there */

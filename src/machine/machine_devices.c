@@ -58,14 +58,39 @@ struct vdev {
     uint64_t gpa[VIRTIO_MAX_QUEUES]; /* where the ioeventfd is assigned, or PCI_BAR_UNMAPPED */
 };
 
+/*
+ * An NVMe controller's I/O submission doorbells as KVM ioeventfds. Unlike
+ * a virtio notify, an NVMe doorbell write carries the new tail, which an
+ * ioeventfd drops; so a doorbell is assigned only while the controller
+ * reads that queue's tail from the guest's shadow doorbell page (it says
+ * so through nvme_hooks.doorbell_backing) and BAR0 is mapped. The I/O
+ * thread then calls nvme_kick. The eventfds exist from the start and are
+ * always in the epoll set: kick_later writes them too.
+ */
+struct ndev {
+    struct machine *m;
+    struct nvme_disk *n;
+    pthread_mutex_t lock; /* bar, want, gpa; taken under the controller's lock (hooks) */
+    uint64_t bar;         /* BAR0's address, or PCI_BAR_UNMAPPED */
+    unsigned ndb;
+    struct nvme_doorbell db[NVME_MAX_IO_QUEUES];
+    int efd[NVME_MAX_IO_QUEUES];
+    bool want[NVME_MAX_IO_QUEUES];    /* the controller reads this tail from its shadow */
+    uint64_t gpa[NVME_MAX_IO_QUEUES]; /* where the ioeventfd is assigned, or PCI_BAR_UNMAPPED */
+};
+
+/* epoll tags: a virtio queue is (vdev << 8 | queue); an NVMe SQ has this bit too. */
+#define NDEV_TAG (1ull << 62)
+
 /* The disks and NICs of the spec. */
 struct pci_devs {
-    size_t nblk, nnvme, nnet, nvdev;
+    size_t nblk, nnvme, nnet, nvdev, nndev;
     struct virtio_blk **blk;
     struct nvme_disk **nvme;
     struct virtio_net **net;
     struct net_backend **taps;
     struct vdev *vdev;
+    struct ndev *ndev;
     int epfd, stopfd;
     pthread_t io_thread;
     bool io_started;
@@ -208,15 +233,20 @@ static int add_platform(struct machine *m, const struct instance_spec *spec,
     return map_all(m, maps, n, errs);
 }
 
-static int ioeventfd(struct machine *m, const struct vdev *v, unsigned i, uint64_t gpa, bool on)
+static int kvm_ioeventfd(struct machine *m, uint64_t gpa, unsigned len, int fd, bool on)
 {
     struct kvm_ioeventfd io = {
         .addr = gpa,
-        .len = v->db[i].width,
-        .fd = v->efd[i],
+        .len = len,
+        .fd = fd,
         .flags = on ? 0 : KVM_IOEVENTFD_FLAG_DEASSIGN,
     };
     return ioctl(m->vm_fd, KVM_IOEVENTFD, &io) < 0 ? -errno : 0;
+}
+
+static int ioeventfd(struct machine *m, const struct vdev *v, unsigned i, uint64_t gpa, bool on)
+{
+    return kvm_ioeventfd(m, gpa, v->db[i].width, v->efd[i], on);
 }
 
 /* Takes f's doorbells in BAR `bar` away from KVM (new_addr unmapped) or moves them. */
@@ -246,6 +276,50 @@ static void doorbells_moved(struct machine *m, struct pci_func *f, unsigned bar,
     }
 }
 
+/* Brings doorbell i's ioeventfd in line with want[i] and the BAR. v->lock held. */
+static void ndev_sync(struct ndev *v, unsigned i)
+{
+    uint64_t to =
+        v->want[i] && v->bar != PCI_BAR_UNMAPPED ? v->bar + v->db[i].offset : PCI_BAR_UNMAPPED;
+    if (v->gpa[i] == to)
+        return;
+    if (v->gpa[i] != PCI_BAR_UNMAPPED)
+        kvm_ioeventfd(v->m, v->gpa[i], v->db[i].width, v->efd[i], false);
+    v->gpa[i] = PCI_BAR_UNMAPPED;
+    if (to == PCI_BAR_UNMAPPED)
+        return;
+    int r = kvm_ioeventfd(v->m, to, v->db[i].width, v->efd[i], true);
+    if (r == 0)
+        v->gpa[i] = to;
+    else /* the doorbell still works, through an exit */
+        log_msg(LOG_WARN, "machine", "%s: no ioeventfd for SQ %u: %s", v->n->func.name,
+                v->db[i].qid, strerror(-r));
+}
+
+static struct ndev *ndev_of(struct machine *m, const struct pci_func *f)
+{
+    struct pci_devs *pd = &m->dev->pd;
+    for (size_t k = 0; k < pd->nndev; k++) {
+        if (nvme_pci_func(pd->ndev[k].n) == f)
+            return &pd->ndev[k];
+    }
+    return NULL;
+}
+
+/* NVMe BAR0 went away (new_addr unmapped) or moved: its ioeventfds follow. */
+static void nvme_doorbells_moved(struct machine *m, struct pci_func *f, unsigned bar,
+                                 uint64_t new_addr)
+{
+    struct ndev *v = ndev_of(m, f);
+    if (!v || bar != 0)
+        return;
+    pthread_mutex_lock(&v->lock);
+    v->bar = new_addr;
+    for (unsigned i = 0; i < v->ndb; i++)
+        ndev_sync(v, i);
+    pthread_mutex_unlock(&v->lock);
+}
+
 /* The guest moved a BAR: unmap the old range and map the new one. vCPU thread. */
 static void on_bar_moved(void *ctx, struct pci_func *f, unsigned bar, uint64_t old_addr,
                          uint64_t new_addr, bool enabled)
@@ -256,6 +330,7 @@ static void on_bar_moved(void *ctx, struct pci_func *f, unsigned bar, uint64_t o
     if (old_addr != PCI_BAR_UNMAPPED) {
         bus_unregister(bus, old_addr, b->opaque);
         doorbells_moved(m, f, bar, PCI_BAR_UNMAPPED);
+        nvme_doorbells_moved(m, f, bar, PCI_BAR_UNMAPPED);
     }
     if (!enabled || new_addr == PCI_BAR_UNMAPPED)
         return;
@@ -263,8 +338,10 @@ static void on_bar_moved(void *ctx, struct pci_func *f, unsigned bar, uint64_t o
     if (r < 0)
         guest_error(f->name, "BAR %u at %#llx overlaps another device; not mapped", bar,
                     (unsigned long long)new_addr);
-    else
+    else {
         doorbells_moved(m, f, bar, new_addr);
+        nvme_doorbells_moved(m, f, bar, new_addr);
+    }
 }
 
 static void on_pci_reset(void *ctx, uint8_t rcr)
@@ -424,6 +501,13 @@ static void *io_thread(void *arg)
             uint64_t tag = ev[i].data.u64, cnt;
             if (tag == UINT64_MAX)
                 return NULL;
+            if (tag & NDEV_TAG) {
+                struct ndev *nd = &pd->ndev[(tag & ~NDEV_TAG) >> 8];
+                unsigned q = (unsigned)(tag & 0xff);
+                if (read(nd->efd[q], &cnt, sizeof(cnt)) == (ssize_t)sizeof(cnt))
+                    nvme_kick(nd->n, nd->db[q].qid);
+                continue;
+            }
             struct vdev *v = &pd->vdev[tag >> 8];
             unsigned q = (unsigned)(tag & 0xff);
             if (read(v->efd[q], &cnt, sizeof(cnt)) == (ssize_t)sizeof(cnt))
@@ -510,6 +594,62 @@ static int add_virtio_disk(struct machine *m, const struct spec_component *c,
     return r < 0 ? r : add_to_bus(m, c, &virtio_blk_pci(vb)->func, errs);
 }
 
+/* Controller lock held (nvme_hooks): vCPU thread or state driver. */
+static void ndev_backing(void *ctx, uint16_t qid, bool on)
+{
+    struct ndev *v = ctx;
+    for (unsigned i = 0; i < v->ndb; i++) {
+        if (v->db[i].qid != qid)
+            continue;
+        pthread_mutex_lock(&v->lock);
+        v->want[i] = on;
+        ndev_sync(v, i);
+        pthread_mutex_unlock(&v->lock);
+    }
+}
+
+/* Controller lock held (nvme_hooks): wakes the I/O thread to run the queue again. */
+static void ndev_kick_later(void *ctx, uint16_t qid)
+{
+    struct ndev *v = ctx;
+    uint64_t one = 1;
+    for (unsigned i = 0; i < v->ndb; i++) {
+        if (v->db[i].qid == qid && write(v->efd[i], &one, sizeof(one)) < 0)
+            log_msg(LOG_WARN, "machine", "%s: cannot kick SQ %u: %s", v->n->func.name, qid,
+                    strerror(errno));
+    }
+}
+
+/* The ioeventfd side of NVMe controller n (struct ndev). */
+static int add_ndev(struct machine *m, struct nvme_disk *n, struct cella_errors *errs)
+{
+    struct pci_devs *pd = &m->dev->pd;
+    struct ndev *v = &pd->ndev[pd->nndev];
+    v->m = m;
+    v->n = n;
+    v->bar = PCI_BAR_UNMAPPED;
+    v->ndb = nvme_doorbells(n, v->db, NVME_MAX_IO_QUEUES);
+    if (v->ndb > NVME_MAX_IO_QUEUES)
+        v->ndb = NVME_MAX_IO_QUEUES;
+    for (unsigned i = 0; i < NVME_MAX_IO_QUEUES; i++) {
+        v->efd[i] = -1;
+        v->gpa[i] = PCI_BAR_UNMAPPED;
+    }
+    pthread_mutex_init(&v->lock, NULL);
+    pd->nndev++; /* destroy_disks_and_nics cleans up from here on */
+    for (unsigned i = 0; i < v->ndb; i++) {
+        v->efd[i] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        struct epoll_event ev = {.events = EPOLLIN,
+                                 .data.u64 = NDEV_TAG | (uint64_t)(pd->nndev - 1) << 8 | i};
+        if (v->efd[i] < 0 || epoll_ctl(pd->epfd, EPOLL_CTL_ADD, v->efd[i], &ev) < 0)
+            return cella_err(errs, -errno, "", "%s: eventfd: %s", n->func.name, strerror(errno));
+    }
+    struct nvme_hooks h = {
+        .ctx = v, .doorbell_backing = ndev_backing, .kick_later = ndev_kick_later};
+    nvme_set_hooks(n, &h);
+    return 0;
+}
+
 static int add_nvme_disk(struct machine *m, const struct spec_component *c,
                          struct cella_errors *errs)
 {
@@ -528,7 +668,8 @@ static int add_nvme_disk(struct machine *m, const struct spec_component *c,
         return cella_err(errs, r, ptr, "cannot create the NVMe controller: %s", strerror(-r));
     }
     pd->nvme[pd->nnvme++] = n;
-    return add_to_bus(m, c, nvme_pci_func(n), errs);
+    r = add_ndev(m, n, errs);
+    return r < 0 ? r : add_to_bus(m, c, nvme_pci_func(n), errs);
 }
 
 static int add_virtio_nic(struct machine *m, const struct instance_spec *spec,
@@ -568,9 +709,10 @@ static int add_disks_and_nics(struct machine *m, const struct instance_spec *spe
     pd->net = calloc(n, sizeof(*pd->net));
     pd->taps = calloc(n + 1, sizeof(*pd->taps));
     pd->vdev = calloc(n, sizeof(*pd->vdev));
+    pd->ndev = calloc(n, sizeof(*pd->ndev));
     pd->epfd = epoll_create1(EPOLL_CLOEXEC);
     pd->stopfd = eventfd(0, EFD_CLOEXEC);
-    if (!pd->blk || !pd->nvme || !pd->net || !pd->taps || !pd->vdev)
+    if (!pd->blk || !pd->nvme || !pd->net || !pd->taps || !pd->vdev || !pd->ndev)
         return cella_err(errs, -ENOMEM, "", "out of memory");
     struct epoll_event ev = {.events = EPOLLIN, .data.u64 = UINT64_MAX};
     if (pd->epfd < 0 || pd->stopfd < 0 || epoll_ctl(pd->epfd, EPOLL_CTL_ADD, pd->stopfd, &ev) < 0)
@@ -585,7 +727,7 @@ static int add_disks_and_nics(struct machine *m, const struct instance_spec *spe
         else if (c->kind == SK_VIRTIO_NIC)
             r = add_virtio_nic(m, spec, c, errs);
     }
-    if (r == 0 && pd->nvdev) {
+    if (r == 0 && (pd->nvdev || pd->nndev)) {
         r = -pthread_create(&pd->io_thread, NULL, io_thread, pd);
         if (r < 0)
             return cella_err(errs, r, "", "cannot start the I/O thread: %s", strerror(-r));
@@ -611,8 +753,15 @@ static void destroy_disks_and_nics(struct pci_devs *pd)
     for (size_t i = 0; i < pd->nblk; i++)
         virtio_blk_destroy(pd->blk[i]);
     for (size_t i = 0; i < pd->nnvme; i++) {
-        nvme_destroy(pd->nvme[i]);
+        nvme_destroy(pd->nvme[i]); /* its hooks take the ioeventfds away */
         free(pd->nvme[i]);
+    }
+    for (size_t k = 0; k < pd->nndev; k++) {
+        for (unsigned i = 0; i < NVME_MAX_IO_QUEUES; i++) {
+            if (pd->ndev[k].efd[i] >= 0)
+                close(pd->ndev[k].efd[i]);
+        }
+        pthread_mutex_destroy(&pd->ndev[k].lock);
     }
     for (size_t k = 0; k < pd->nvdev; k++) {
         for (unsigned i = 0; i < VIRTIO_MAX_QUEUES; i++) {
@@ -629,6 +778,7 @@ static void destroy_disks_and_nics(struct pci_devs *pd)
     free(pd->net);
     free(pd->taps);
     free(pd->vdev);
+    free(pd->ndev);
 }
 
 /* ---- boot order ---- */

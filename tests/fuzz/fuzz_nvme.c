@@ -16,6 +16,16 @@
  *   7 complete n(1) deferred backend requests
  *   8 backend mode(1): defer on/off, failure injection
  *   9 config write off(1) value(2) (command register, MSI-X control)
+ *  10 Doorbell Buffer Config a(1) b(1): shadow doorbells at page a % 80,
+ *     EventIdx at page b % 80 (past RAM from 64), misaligned by 8 when the
+ *     top bit is set
+ *  11 shadow doorbell write slot(1) value(4) kick(1): slot % 66 of the
+ *     shadow page; kick bit 0: nvme_kick(slot / 2), as an ioeventfd would
+ *  12 run the kicks the controller asked for (kick_later)
+ * Once the shadow doorbells are set, submitting (5) and consuming (6) on
+ * the I/O queue publish the tail and head the way Linux does and ring
+ * only when EventIdx asks, the SQ doorbell through nvme_kick while the
+ * controller says it is backed (the machine's ioeventfd).
  * Checks: no crash, leak or sanitizer report; every backend request lies
  * inside the disk and every buffer inside guest RAM (the fake counts
  * violations; one aborts); nothing is left in flight after destroy.
@@ -45,7 +55,42 @@ struct drv {
     uint32_t tail[2], head[2];
     bool phase[2];
     uint16_t cid;
+    uint64_t dbs, eis; /* the shadow pages the driver asked for, or 0 */
 };
+
+/* What the machine learns through nvme_hooks. */
+static bool backed[NVME_MAX_IO_QUEUES + 1];
+static unsigned later[NVME_MAX_IO_QUEUES + 1];
+
+static void hook_backing(void *ctx, uint16_t qid, bool on)
+{
+    (void)ctx;
+    if (qid < 1 || qid > NVME_MAX_IO_QUEUES)
+        abort();
+    backed[qid] = on;
+}
+
+static void hook_kick_later(void *ctx, uint16_t qid)
+{
+    (void)ctx;
+    if (qid < 1 || qid > NVME_MAX_IO_QUEUES)
+        abort();
+    later[qid]++;
+}
+
+static const struct nvme_hooks hooks = {.doorbell_backing = hook_backing,
+                                        .kick_later = hook_kick_later};
+
+/* Linux's nvme_dbbuf_update_and_check_event on the driver's pages: ring? */
+static bool shadow_update(const struct drv *d, unsigned slot, uint32_t v)
+{
+    uint8_t *db = ram + d->dbs + 4u * slot, *ei = ram + d->eis + 4u * slot;
+    uint16_t old = (uint16_t)le32(db);
+    put32(db, v);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    uint16_t e = (uint16_t)le32(ei), nv = (uint16_t)v;
+    return (uint16_t)(nv - e - 1) < (uint16_t)(nv - old);
+}
 
 struct input {
     const uint8_t *p;
@@ -80,7 +125,12 @@ static void submit(struct nvme_disk *n, struct drv *d, unsigned q, const uint8_t
     uint64_t base = q ? IOSQ : ASQ;
     memcpy(ram + base + (uint64_t)d->tail[q] * 64, sqe, 64);
     d->tail[q] = (d->tail[q] + 1) % QSIZE;
-    nvme_bar_write(n, NVME_DOORBELL_BASE + 8u * q, 4, d->tail[q]);
+    if (q && d->dbs && !shadow_update(d, 2 * q, d->tail[q]))
+        return;
+    if (q && backed[q])
+        nvme_kick(n, (uint16_t)q);
+    else
+        nvme_bar_write(n, NVME_DOORBELL_BASE + 8u * q, 4, d->tail[q]);
 }
 
 static void consume(struct nvme_disk *n, struct drv *d, unsigned q)
@@ -95,7 +145,32 @@ static void consume(struct nvme_disk *n, struct drv *d, unsigned q)
             d->phase[q] = !d->phase[q];
         }
     }
+    if (q && d->dbs && !shadow_update(d, 2 * q + 1, d->head[q]))
+        return;
     nvme_bar_write(n, NVME_DOORBELL_BASE + 8u * q + 4, 4, d->head[q]);
+}
+
+/* Shadow doorbell page from a fuzz byte: mostly inside RAM, sometimes not, sometimes misaligned. */
+static uint64_t page_of(uint8_t b)
+{
+    return (uint64_t)(b & 0x7f) % 80 * 4096 + (b & 0x80 ? 8 : 0);
+}
+
+static void dbbuf_config(struct nvme_disk *n, struct drv *d, uint8_t a, uint8_t b)
+{
+    uint8_t s[64];
+    memset(s, 0, sizeof(s));
+    s[0] = 0x7c;
+    put16(s + 2, d->cid++);
+    uint64_t dbs = page_of(a), eis = page_of(b);
+    put64(s + 24, dbs);
+    put64(s + 32, eis);
+    submit(n, d, 0, s);
+    /* What the driver then uses, right or wrong: RAM it may write. */
+    if (dbs + 4096 <= RAM_SIZE && eis + 4096 <= RAM_SIZE && dbs && eis) {
+        d->dbs = dbs;
+        d->eis = eis;
+    }
 }
 
 static void std_enable(struct nvme_disk *n, struct drv *d)
@@ -142,7 +217,7 @@ static void run(struct nvme_disk *n, struct pci_topology *topo, struct fake_blk 
         uint8_t buf[256], sz, q;
         uint16_t off;
         uint64_t v = 0;
-        switch (op % 10) {
+        switch (op % 13) {
         case 0:
             if (!take(in, &off, 2) || !take(in, &sz, 1) || !take(in, &v, 8))
                 return;
@@ -201,6 +276,33 @@ static void run(struct nvme_disk *n, struct pci_topology *topo, struct fake_blk 
             pci_topology_cfg_write(topo, 0, 4, 0, cfg, 2, val);
             break;
         }
+        case 10: {
+            uint8_t ab[2];
+            if (!take(in, ab, 2))
+                return;
+            dbbuf_config(n, &d, ab[0], ab[1]);
+            break;
+        }
+        case 11: {
+            uint8_t slot, kick;
+            uint32_t val;
+            if (!take(in, &slot, 1) || !take(in, &val, 4) || !take(in, &kick, 1))
+                return;
+            slot %= 66;
+            if (d.dbs)
+                put32(ram + d.dbs + 4u * slot, val);
+            if (kick & 1)
+                nvme_kick(n, slot / 2);
+            break;
+        }
+        case 12:
+            for (uint16_t qid = 1; qid <= NVME_MAX_IO_QUEUES; qid++) {
+                unsigned k = later[qid];
+                later[qid] = 0; /* a kick may ask for more: next time */
+                while (k--)
+                    nvme_kick(n, qid);
+            }
+            break;
         }
         if (b->nbad)
             abort();
@@ -223,6 +325,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     b->ram_hi = ram + sizeof(ram);
     if (nvme_init(&n, "fuzz-nvme", &spec, &b->b, &mem, &msi_sink) != 0)
         abort();
+    memset(backed, 0, sizeof(backed));
+    memset(later, 0, sizeof(later));
+    nvme_set_hooks(&n, &hooks);
     if (pci_topology_init(&topo, NULL, &intx_sink) != 0)
         abort();
     struct pci_path path = {.bus = 0, .device = 4, .function = 0};
@@ -237,6 +342,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     nvme_destroy(&n);
     if (b->npending || b->nbad)
         abort();
+    for (unsigned q = 1; q <= NVME_MAX_IO_QUEUES; q++) {
+        if (backed[q]) /* destroy gives every doorbell back */
+            abort();
+    }
     pci_topology_destroy(&topo);
     blk_close(&b->b);
     return 0;

@@ -15,6 +15,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,6 +54,8 @@
 #define IOCQ_GPA   0x30000u
 #define DATA_GPA   0x100000u
 #define LIST_GPA   0x200000u
+#define DBS_GPA    0x40000u /* shadow doorbells */
+#define EIS_GPA    0x41000u /* EventIdx */
 #define ADMIN_SIZE 16u
 
 struct queue {
@@ -84,6 +87,10 @@ struct env {
     unsigned intx_edges;
     struct queue aq, ioq;
     uint16_t next_cid;
+    /* nvme_hooks, as the machine would see them. */
+    bool db_on[NVME_MAX_IO_QUEUES + 1];
+    unsigned nbacking, kick_later[NVME_MAX_IO_QUEUES + 1];
+    unsigned sq_rings, cq_rings; /* doorbells the shadow driver rang */
 };
 
 static void rec_msi(void *ctx, uint64_t addr, uint32_t data)
@@ -1399,6 +1406,757 @@ static void test_hostile_random(void **state)
     }
 }
 
+/* ---- tests: shadow doorbells (Doorbell Buffer Config, NVMe 1.3 §5.7, §7.13) ---- */
+
+static void rec_backing(void *ctx, uint16_t qid, bool on)
+{
+    struct env *e = ctx;
+    assert_true(qid >= 1 && qid <= NVME_MAX_IO_QUEUES);
+    e->db_on[qid] = on;
+    e->nbacking++;
+}
+
+static void rec_kick_later(void *ctx, uint16_t qid)
+{
+    struct env *e = ctx;
+    assert_true(qid >= 1 && qid <= NVME_MAX_IO_QUEUES);
+    e->kick_later[qid]++;
+}
+
+static void hooks_install(struct env *e)
+{
+    struct nvme_hooks h = {.ctx = e, .doorbell_backing = rec_backing, .kick_later = rec_kick_later};
+    nvme_set_hooks(e->n, &h);
+}
+
+static uint16_t dbbuf_cmd(struct env *e, uint64_t dbs, uint64_t eis, uint8_t flags)
+{
+    uint8_t s[64];
+    sqe_init(s, 0x7c, 0);
+    s[1] = flags;
+    sqe_set(s, dbs, eis, 0, 0, 0);
+    return cmd(e, &e->aq, s, NULL);
+}
+
+/* A queue's slot in the shadow doorbell or the EventIdx page (CAP.DSTRD 0). */
+static uint8_t *slot(struct env *e, uint64_t page, uint16_t qid, bool cq)
+{
+    return e->ram + page + 8u * qid + (cq ? 4u : 0u);
+}
+
+static uint32_t slot_get(struct env *e, uint64_t page, uint16_t qid, bool cq)
+{
+    uint32_t raw = __atomic_load_n((uint32_t *)(void *)slot(e, page, qid, cq), __ATOMIC_ACQUIRE);
+    return le32((const uint8_t *)&raw);
+}
+
+static void slot_set(struct env *e, uint64_t page, uint16_t qid, bool cq, uint32_t v)
+{
+    uint8_t le[4];
+    uint32_t raw;
+    put32(le, v);
+    memcpy(&raw, le, 4);
+    __atomic_store_n((uint32_t *)(void *)slot(e, page, qid, cq), raw, __ATOMIC_RELEASE);
+}
+
+/* Linux's nvme_dbbuf_need_event. */
+static bool need_event(uint16_t event_idx, uint16_t new_idx, uint16_t old)
+{
+    return (uint16_t)(new_idx - event_idx - 1) < (uint16_t)(new_idx - old);
+}
+
+/*
+ * Linux's nvme_dbbuf_update_and_check_event: the new value into the
+ * shadow doorbell, full barrier, then EventIdx decides whether the driver
+ * must also ring.
+ */
+static bool db_update(struct env *e, uint16_t qid, bool cq, uint32_t v)
+{
+    uint16_t old = (uint16_t)slot_get(e, DBS_GPA, qid, cq);
+    slot_set(e, DBS_GPA, qid, cq, v);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    return need_event((uint16_t)slot_get(e, EIS_GPA, qid, cq), (uint16_t)v, old);
+}
+
+/* An SQ tail doorbell as the guest reaches it: the ioeventfd while the machine backs it, else the
+ * register. */
+static void sq_doorbell(struct env *e, struct queue *q)
+{
+    e->sq_rings++;
+    if (e->db_on[q->qid])
+        nvme_kick(e->n, q->qid);
+    else
+        wr(e, 0x1000 + 8u * q->qid, 4, q->sq_tail);
+}
+
+/* Publishes the tail as Linux does with shadow doorbells; rings only when asked to. */
+static bool sq_ring_shadow(struct env *e, struct queue *q)
+{
+    bool ring = db_update(e, q->qid, false, q->sq_tail);
+    if (ring)
+        sq_doorbell(e, q);
+    return ring;
+}
+
+/* Takes every new completion, then publishes the head once (nvme_ring_cq_doorbell). */
+static unsigned cq_drain_shadow(struct env *e, struct queue *q, struct cqe *last)
+{
+    unsigned got = 0;
+    struct cqe c;
+    while (cq_take(e, q, &c, false)) {
+        got++;
+        if (last)
+            *last = c;
+    }
+    if (got && db_update(e, q->qid, true, q->cq_head)) {
+        e->cq_rings++;
+        wr(e, 0x1000 + 8u * q->qid + 4, 4, q->cq_head);
+    }
+    return got;
+}
+
+static uint16_t put_read(struct env *e, struct queue *q, uint64_t slba, uint64_t gpa)
+{
+    uint8_t s[64];
+    sqe_init(s, 0x02, 1);
+    sqe_set(s, gpa, 0, (uint32_t)slba, 0, 0);
+    return sq_put(e, q, s);
+}
+
+/*
+ * Controller up with the machine's hooks recorded, I/O queue pair 1 (SQ
+ * and CQ sizes) on MSI-X vector 1 or INTx, and the shadow doorbells set
+ * on pages that held garbage.
+ */
+static void dbbuf_up(struct env *e, uint32_t sq_size, uint32_t cq_size, bool msix)
+{
+    hooks_install(e);
+    if (msix) {
+        unsigned cap = cfg_rd(e, PCI_REG_CAP_PTR, 1);
+        cfg_wr(e, cap + 2, 2, 0x8000);
+        msix_vector(e, 0, 0x40);
+        msix_vector(e, 1, 0x41);
+    }
+    enable(e);
+    memset(e->ram + IOCQ_GPA, 0, cq_size * 16);
+    assert_int_equal(create_cq(e, 1, IOCQ_GPA, cq_size, 0x3 | (msix ? 1u << 16 : 0)), S_OK);
+    assert_int_equal(create_sq(e, 1, IOSQ_GPA, sq_size, 1, 1), S_OK);
+    e->ioq = (struct queue){.qid = 1,
+                            .sq_gpa = IOSQ_GPA,
+                            .cq_gpa = IOCQ_GPA,
+                            .sq_size = sq_size,
+                            .cq_size = cq_size,
+                            .phase = true};
+    memset(e->ram + DBS_GPA, 0xee, 4096);
+    memset(e->ram + EIS_GPA, 0xee, 4096);
+    assert_false(e->db_on[1]);
+    assert_int_equal(dbbuf_cmd(e, DBS_GPA, EIS_GPA, 0), S_OK);
+    assert_true(e->db_on[1]);
+    e->sq_rings = e->cq_rings = 0;
+}
+
+static void test_dbbuf_config(void **state)
+{
+    struct env *e = *state;
+    hooks_install(e);
+    io_setup(e, 16);
+    /* Offered: Identify OACS bit 8. */
+    assert_int_equal(identify(e, 1, 0, DATA_GPA), S_OK);
+    assert_int_equal(le16(e->ram + DATA_GPA + 256), 1u << 8);
+    memset(e->ram + DBS_GPA, 0xee, 8192);
+    /* Refused: each buffer a page-aligned page of RAM, PRPs only. Nothing changes. */
+    assert_int_equal(dbbuf_cmd(e, DBS_GPA + 8, EIS_GPA, 0), S_BAD_FIELD);
+    assert_int_equal(dbbuf_cmd(e, DBS_GPA, EIS_GPA + 0x800, 0), S_BAD_FIELD);
+    assert_int_equal(dbbuf_cmd(e, RAM_SIZE, EIS_GPA, 0), S_BAD_FIELD);
+    assert_int_equal(dbbuf_cmd(e, DBS_GPA, RAM_SIZE, 0), S_BAD_FIELD);
+    assert_int_equal(dbbuf_cmd(e, DBS_GPA, 1ull << 52, 0), S_BAD_FIELD);
+    assert_int_equal(dbbuf_cmd(e, UINT64_MAX & ~0xfffull, EIS_GPA, 0), S_BAD_FIELD);
+    assert_int_equal(dbbuf_cmd(e, DBS_GPA, EIS_GPA, 0x40), S_BAD_FIELD); /* PSDT: SGL */
+    assert_int_equal(e->nbacking, 0);
+    assert_int_equal(slot_get(e, DBS_GPA, 1, false), 0xeeeeeeeeu);
+    /* So the register doorbells still carry the values. */
+    assert_int_equal(rw(e, 0x02, 0, 1, DATA_GPA, 0), S_OK);
+    /* The last page of RAM is a page of RAM. */
+    assert_int_equal(dbbuf_cmd(e, DBS_GPA, RAM_SIZE - 4096, 0), S_OK);
+    assert_true(e->db_on[1]);
+    /* Set again (elsewhere): the I/O queue's slots get the controller's tail
+     * and head, and so does EventIdx; the admin queue's are left alone. */
+    assert_int_equal(dbbuf_cmd(e, DBS_GPA, EIS_GPA, 0), S_OK);
+    assert_true(e->db_on[1]);
+    assert_int_equal(slot_get(e, DBS_GPA, 1, false), 1);
+    assert_int_equal(slot_get(e, DBS_GPA, 1, true), 1);
+    assert_int_equal(slot_get(e, EIS_GPA, 1, false), 1);
+    assert_int_equal(slot_get(e, EIS_GPA, 1, true), 1);
+    assert_int_equal(slot_get(e, DBS_GPA, 0, false), 0xeeeeeeeeu);
+    assert_int_equal(slot_get(e, EIS_GPA, 0, true), 0xeeeeeeeeu);
+    assert_int_equal(slot_get(e, DBS_GPA, 2, false), 0xeeeeeeeeu);
+    /* The admin queue keeps its register doorbells: its shadow slots mean nothing. */
+    slot_set(e, DBS_GPA, 0, false, 3);
+    assert_int_equal(feature(e, 0x0a, 0x07, 0, NULL), S_OK);
+    /* Queues created now use the buffers from entry 0; deleting the SQ gives its doorbell back. */
+    memset(e->ram + IOCQ_GPA + 0x1000, 0, 16 * 16);
+    assert_int_equal(create_cq(e, 2, IOCQ_GPA + 0x1000, 16, 0x3), S_OK);
+    assert_int_equal(slot_get(e, DBS_GPA, 2, true), 0);
+    assert_false(e->db_on[2]);
+    assert_int_equal(create_sq(e, 2, IOSQ_GPA + 0x8000, 16, 2, 1), S_OK);
+    assert_true(e->db_on[2]);
+    assert_int_equal(slot_get(e, DBS_GPA, 2, false), 0);
+    assert_int_equal(slot_get(e, EIS_GPA, 2, false), 0);
+    struct queue q2 = {.qid = 2,
+                       .sq_gpa = IOSQ_GPA + 0x8000,
+                       .cq_gpa = IOCQ_GPA + 0x1000,
+                       .sq_size = 16,
+                       .cq_size = 16,
+                       .phase = true};
+    put_read(e, &q2, 5, DATA_GPA);
+    assert_true(sq_ring_shadow(e, &q2));
+    struct cqe c;
+    assert_int_equal(cq_drain_shadow(e, &q2, &c), 1);
+    assert_int_equal(c.status, S_OK);
+    assert_int_equal(c.sqid, 2);
+    assert_int_equal(delete_q(e, 0x00, 2), S_OK);
+    assert_false(e->db_on[2]);
+    assert_true(e->db_on[1]);
+    assert_int_equal(delete_q(e, 0x04, 2), S_OK);
+}
+
+static void test_dbbuf_not_offered(void **state)
+{
+    struct env *e = *state;
+    hooks_install(e);
+    nvme_set_dbbuf(e->n, false);
+    io_setup(e, 16);
+    assert_int_equal(identify(e, 1, 0, DATA_GPA), S_OK);
+    assert_int_equal(le16(e->ram + DATA_GPA + 256), 0);
+    assert_int_equal(dbbuf_cmd(e, DBS_GPA, EIS_GPA, 0), S_BAD_OPCODE);
+    assert_int_equal(e->nbacking, 0);
+    assert_int_equal(rw(e, 0x02, 0, 1, DATA_GPA, 0), S_OK);
+}
+
+static void test_dbbuf_shadow_tail(void **state)
+{
+    struct env *e = *state;
+    dbbuf_up(e, 16, 16, true);
+    assert_int_equal(slot_get(e, DBS_GPA, 1, false), 0);
+    assert_int_equal(slot_get(e, EIS_GPA, 1, false), 0);
+    /* EventIdx 0 is the driver's old tail: it rings, here the ioeventfd. */
+    uint16_t cid = put_read(e, &e->ioq, 3, DATA_GPA);
+    assert_true(sq_ring_shadow(e, &e->ioq));
+    struct cqe c;
+    assert_int_equal(cq_drain_shadow(e, &e->ioq, &c), 1);
+    assert_int_equal(c.cid, cid);
+    assert_int_equal(c.status, S_OK);
+    assert_int_equal(c.sqhd, 1);
+    assert_memory_equal(e->ram + DATA_GPA, e->blk->disk + 3 * 512, 512);
+    /* EventIdx now holds the tail the controller consumed. */
+    assert_int_equal(slot_get(e, EIS_GPA, 1, false), 1);
+    /* A batch published once: all of it runs. */
+    for (unsigned i = 0; i < 3; i++)
+        put_read(e, &e->ioq, 10 + i, DATA_GPA + 0x1000 * i);
+    assert_true(sq_ring_shadow(e, &e->ioq));
+    assert_int_equal(cq_drain_shadow(e, &e->ioq, NULL), 3);
+    assert_int_equal(slot_get(e, EIS_GPA, 1, false), 4);
+    /* A register write is a kick only: its value is not the tail (an ioeventfd would drop it). */
+    put_read(e, &e->ioq, 20, DATA_GPA);
+    assert_true(db_update(e, 1, false, e->ioq.sq_tail));
+    wr(e, 0x1000 + 8, 4, 9);
+    assert_int_equal(cq_drain_shadow(e, &e->ioq, &c), 1);
+    assert_int_equal(c.sqhd, 5);
+    /* The shadow alone is no doorbell: nothing runs until the kick EventIdx asked for. */
+    put_read(e, &e->ioq, 21, DATA_GPA);
+    assert_true(db_update(e, 1, false, e->ioq.sq_tail));
+    assert_int_equal(cq_drain_shadow(e, &e->ioq, NULL), 0);
+    nvme_kick(e->n, 1);
+    assert_int_equal(cq_drain_shadow(e, &e->ioq, NULL), 1);
+    /* Many I/Os: an MSI for each, but the CQ head doorbell is rung only
+     * when the head passes EventIdx, about once a lap of the CQ. */
+    unsigned msi = e->nmsi, cq_rings = e->cq_rings;
+    for (unsigned i = 0; i < 40; i++) {
+        put_read(e, &e->ioq, i, DATA_GPA);
+        assert_true(sq_ring_shadow(e, &e->ioq)); /* the controller was idle */
+        assert_int_equal(cq_drain_shadow(e, &e->ioq, &c), 1);
+        assert_int_equal(c.status, S_OK);
+    }
+    assert_int_equal(e->nmsi, msi + 40);
+    assert_in_range(e->cq_rings - cq_rings, 1, 3);
+    assert_int_equal(e->kick_later[1], 0);
+    assert_int_equal(e->blk->nread, 46);
+}
+
+/* A backend that, on its next `left` submissions, lets "another vCPU" submit first. */
+struct race {
+    struct env *e;
+    unsigned left;
+    bool rang;
+    uint16_t cid;
+    bool consume; /* also consume completions and publish the CQ head */
+};
+static struct race race;
+static struct blk_backend_ops racing_ops;
+
+static void racing_submit(struct blk_backend *b, struct blk_req *r)
+{
+    struct env *e = race.e;
+    if (race.left) {
+        race.left--;
+        /* The driver cannot ring from here (the controller is mid-pass); it records whether it
+         * would. */
+        race.cid = put_read(e, &e->ioq, 7, DATA_GPA + 0x1000);
+        race.rang |= db_update(e, 1, false, e->ioq.sq_tail);
+    }
+    fake_blk_submit(b, r);
+}
+
+static void racing_install(struct env *e, unsigned left)
+{
+    race = (struct race){.e = e, .left = left};
+    racing_ops = fake_blk_ops;
+    racing_ops.submit = racing_submit;
+    e->blk->b.ops = &racing_ops;
+}
+
+static void test_dbbuf_recheck(void **state)
+{
+    struct env *e = *state;
+    dbbuf_up(e, 16, 16, true);
+    racing_install(e, 1);
+    /*
+     * The guest publishes a second entry while the controller works on
+     * the first. It still sees the old EventIdx (0, before the pass), so it
+     * does not ring; the controller's read after it updates EventIdx finds it.
+     */
+    uint16_t first = put_read(e, &e->ioq, 3, DATA_GPA);
+    assert_true(sq_ring_shadow(e, &e->ioq));
+    assert_int_equal(race.left, 0);
+    assert_false(race.rang);
+    struct cqe c;
+    assert_true(cq_take(e, &e->ioq, &c, false));
+    assert_int_equal(c.cid, first);
+    assert_true(cq_take(e, &e->ioq, &c, false));
+    assert_int_equal(c.cid, race.cid);
+    assert_int_equal(c.sqhd, 2);
+    assert_int_equal(slot_get(e, EIS_GPA, 1, false), 2);
+    assert_int_equal(e->sq_rings, 1);
+    /* And after the pass, the next submission rings again. */
+    put_read(e, &e->ioq, 4, DATA_GPA);
+    assert_true(sq_ring_shadow(e, &e->ioq));
+    assert_true(cq_take(e, &e->ioq, &c, false));
+    assert_int_equal(e->blk->nread, 3);
+}
+
+static void test_dbbuf_bounded_pass(void **state)
+{
+    struct env *e = *state;
+    dbbuf_up(e, 4, 16, true);
+    /* The guest adds an entry for each one fetched: one call does a queue's worth (4). */
+    racing_install(e, 10);
+    put_read(e, &e->ioq, 0, DATA_GPA);
+    assert_true(sq_ring_shadow(e, &e->ioq));
+    assert_int_equal(e->blk->nread, 4);
+    assert_int_equal(e->kick_later[1], 1);
+    /* The machine kicks again (the I/O thread, from its eventfd) until it is done. */
+    unsigned kicks = 0;
+    while (e->kick_later[1]) {
+        e->kick_later[1]--;
+        nvme_kick(e->n, 1);
+        assert_true(++kicks < 10);
+    }
+    assert_int_equal(kicks, 2);
+    assert_int_equal(e->blk->nread, 11);
+    assert_int_equal(cq_drain_shadow(e, &e->ioq, NULL), 11);
+    assert_int_equal(slot_get(e, EIS_GPA, 1, false), 11 % 4);
+}
+
+static void test_dbbuf_cq_room(void **state)
+{
+    struct env *e = *state;
+    dbbuf_up(e, 4, 4, true); /* the CQ holds 3 */
+    struct cqe c;
+    /* The first head update passes EventIdx 0: rung once. */
+    put_read(e, &e->ioq, 0, DATA_GPA);
+    assert_true(sq_ring_shadow(e, &e->ioq));
+    assert_int_equal(cq_drain_shadow(e, &e->ioq, NULL), 1);
+    assert_int_equal(e->cq_rings, 1);
+    /* Three fill the CQ; consumed, the head is published without a doorbell. */
+    for (unsigned i = 0; i < 3; i++)
+        put_read(e, &e->ioq, 1 + i, DATA_GPA);
+    assert_true(sq_ring_shadow(e, &e->ioq));
+    assert_int_equal(e->blk->nread, 4);
+    assert_int_equal(cq_drain_shadow(e, &e->ioq, NULL), 3);
+    assert_int_equal(e->cq_rings, 1);
+    /* The controller thinks the CQ full; it reads the shadow head and finds room. */
+    for (unsigned i = 0; i < 2; i++)
+        put_read(e, &e->ioq, 4 + i, DATA_GPA);
+    assert_true(sq_ring_shadow(e, &e->ioq));
+    assert_int_equal(e->blk->nread, 6);
+    assert_int_equal(e->cq_rings, 1);
+    assert_int_equal(cq_drain_shadow(e, &e->ioq, NULL), 2);
+    /* Really full: three run, the fourth waits and EventIdx asks for the next head update. */
+    for (unsigned i = 0; i < 3; i++)
+        put_read(e, &e->ioq, 6 + i, DATA_GPA);
+    assert_true(sq_ring_shadow(e, &e->ioq));
+    assert_int_equal(e->blk->nread, 9);
+    uint16_t held = put_read(e, &e->ioq, 9, DATA_GPA);
+    sq_ring_shadow(e, &e->ioq);
+    assert_int_equal(e->blk->nread, 9);
+    assert_int_equal(slot_get(e, EIS_GPA, 1, true), e->ioq.cq_head);
+    /* So consuming them rings the head doorbell, which resumes the held command. */
+    unsigned rings = e->cq_rings;
+    assert_int_equal(cq_drain_shadow(e, &e->ioq, NULL), 3);
+    assert_int_equal(e->cq_rings, rings + 1);
+    assert_int_equal(e->blk->nread, 10);
+    assert_int_equal(cq_drain_shadow(e, &e->ioq, &c), 1);
+    assert_int_equal(c.cid, held);
+}
+
+static void test_dbbuf_intx(void **state)
+{
+    struct env *e = *state;
+    dbbuf_up(e, 16, 16, false);
+    for (unsigned i = 0; i < 5; i++) {
+        put_read(e, &e->ioq, i, DATA_GPA);
+        assert_true(sq_ring_shadow(e, &e->ioq));
+        /* Asserted: EventIdx is the head, so consuming rings and the level drops. */
+        assert_true(e->intx);
+        assert_int_equal(slot_get(e, EIS_GPA, 1, true), e->ioq.cq_head);
+        assert_int_equal(cq_drain_shadow(e, &e->ioq, NULL), 1);
+        assert_false(e->intx);
+    }
+    assert_int_equal(e->cq_rings, 5);
+}
+
+static void test_dbbuf_bad_shadow(void **state)
+{
+    struct env *e = *state;
+    dbbuf_up(e, 16, 4, true);
+    struct cqe c;
+    /* A tail past the queue: ignored. */
+    put_read(e, &e->ioq, 1, DATA_GPA);
+    slot_set(e, DBS_GPA, 1, false, 16);
+    nvme_kick(e->n, 1);
+    slot_set(e, DBS_GPA, 1, false, 0xffffffffu);
+    nvme_kick(e->n, 1);
+    wr(e, 0x1000 + 8, 4, 1);
+    assert_false(cq_take(e, &e->ioq, &c, false));
+    slot_set(e, DBS_GPA, 1, false, 1);
+    nvme_kick(e->n, 1);
+    assert_int_equal(cq_drain_shadow(e, &e->ioq, &c), 1);
+    assert_int_equal(c.status, S_OK);
+    /* A CQ head outside [head, tail] is ignored: three reads at the
+     * backend (nothing posted yet), so a fourth finds no room and waits. */
+    e->blk->defer = true;
+    for (unsigned i = 0; i < 3; i++)
+        put_read(e, &e->ioq, 2 + i, DATA_GPA);
+    assert_true(sq_ring_shadow(e, &e->ioq));
+    assert_int_equal(e->blk->npending, 3);
+    slot_set(e, DBS_GPA, 1, true, (e->ioq.cq_head + 2) % 4);
+    uint16_t held = put_read(e, &e->ioq, 5, DATA_GPA);
+    sq_ring_shadow(e, &e->ioq);
+    assert_int_equal(e->blk->npending, 3);
+    e->blk->defer = false;
+    assert_int_equal(fake_blk_complete(e->blk, 3), 3);
+    for (unsigned i = 0; i < 3; i++)
+        assert_true(cq_take(e, &e->ioq, &c, false));
+    /* The register doorbell still sets the head; the held one runs. */
+    wr(e, 0x1000 + 12, 4, e->ioq.cq_head);
+    assert_int_equal(e->blk->nread, 5);
+    assert_true(cq_take(e, &e->ioq, &c, false));
+    assert_int_equal(c.cid, held);
+    /* Kicks for queues without shadow doorbells, or none, do nothing. */
+    nvme_kick(e->n, 0);
+    nvme_kick(e->n, 2);
+    nvme_kick(e->n, NVME_MAX_IO_QUEUES + 1);
+    nvme_kick(e->n, UINT16_MAX);
+}
+
+static void test_dbbuf_reset_clears(void **state)
+{
+    struct env *e = *state;
+    dbbuf_up(e, 16, 16, false);
+    put_read(e, &e->ioq, 0, DATA_GPA);
+    assert_true(sq_ring_shadow(e, &e->ioq));
+    assert_int_equal(cq_drain_shadow(e, &e->ioq, NULL), 1);
+    /* CC.EN 1 -> 0: the doorbell goes back to the register. */
+    disable(e);
+    assert_false(e->db_on[1]);
+    /* New queues use register doorbells; the pages are not touched. */
+    memset(e->ram + DBS_GPA, 0xee, 8192);
+    io_setup(e, 16);
+    assert_false(e->db_on[1]);
+    assert_int_equal(rw(e, 0x02, 0, 1, DATA_GPA, 0), S_OK);
+    assert_int_equal(rw(e, 0x02, 1, 1, DATA_GPA, 0), S_OK);
+    assert_int_equal(slot_get(e, DBS_GPA, 1, false), 0xeeeeeeeeu);
+    assert_int_equal(slot_get(e, EIS_GPA, 1, false), 0xeeeeeeeeu);
+    /* Set once more, then the device reset (state driver) clears it too. */
+    assert_int_equal(dbbuf_cmd(e, DBS_GPA, EIS_GPA, 0), S_OK);
+    assert_true(e->db_on[1]);
+    assert_int_equal(slot_get(e, DBS_GPA, 1, false), 2);
+    nvme_reset(e->n);
+    assert_false(e->db_on[1]);
+    io_setup(e, 16);
+    assert_false(e->db_on[1]);
+    assert_int_equal(rw(e, 0x02, 0, 1, DATA_GPA, 0), S_OK);
+}
+
+/* ---- migration of the shadow doorbells ---- */
+
+static struct env *env_new(void)
+{
+    struct env *e = calloc(1, sizeof(*e));
+    assert_non_null(e);
+    env_build(e, DISK_SIZE, 512, 0x20);
+    return e;
+}
+
+static void env_free(struct env *e)
+{
+    void *st = e;
+    teardown(&st);
+}
+
+static int load_bytes(struct env *e, const uint8_t *buf, size_t len, uint32_t version)
+{
+    struct mig_in in;
+    mig_in_init(&in, buf, len);
+    return nvme_load(e->n, &in, version);
+}
+
+/* b becomes a's migration target: RAM and the driver's view copied. */
+static void follow(struct env *b, const struct env *a)
+{
+    memcpy(b->ram, a->ram, RAM_SIZE);
+    b->aq = a->aq;
+    b->ioq = a->ioq;
+    b->next_cid = a->next_cid;
+}
+
+static void test_dbbuf_migration(void **state)
+{
+    struct env *a = *state;
+    /* Without the buffers: version 2 writes version 1's bytes; both load. */
+    io_setup(a, 16);
+    assert_int_equal(rw(a, 0x02, 0, 1, DATA_GPA, 0), S_OK);
+    nvme_quiesce(a->n);
+    struct mig_out o1;
+    mig_out_init(&o1);
+    assert_int_equal(nvme_save(a->n, &o1), 0);
+    for (uint32_t v = 1; v <= 2; v++) {
+        struct env *b = env_new();
+        hooks_install(b);
+        follow(b, a);
+        assert_int_equal(load_bytes(b, o1.buf, o1.len, v), 0);
+        assert_false(b->db_on[1]);
+        nvme_resume(b->n);
+        assert_int_equal(rw(b, 0x02, 1, 1, DATA_GPA, 0), S_OK);
+        assert_int_equal(load_bytes(b, o1.buf, o1.len, 3), -EPROTO);
+        assert_int_equal(load_bytes(b, o1.buf, o1.len, 0), -EPROTO);
+        env_free(b);
+    }
+    nvme_resume(a->n);
+    disable(a);
+
+    /* With them: a submission published while quiesced (its kick dropped). */
+    dbbuf_up(a, 16, 16, true);
+    put_read(a, &a->ioq, 2, DATA_GPA);
+    assert_true(sq_ring_shadow(a, &a->ioq));
+    assert_int_equal(cq_drain_shadow(a, &a->ioq, NULL), 1);
+    nvme_quiesce(a->n);
+    uint16_t late = put_read(a, &a->ioq, 5, DATA_GPA + 0x1000);
+    assert_true(sq_ring_shadow(a, &a->ioq));
+    struct cqe c;
+    assert_false(cq_take(a, &a->ioq, &c, false));
+    struct mig_out o2;
+    mig_out_init(&o2);
+    assert_int_equal(nvme_save(a->n, &o2), 0);
+    assert_int_equal(o2.len, o1.len + 16); /* the two page addresses */
+    assert_int_equal(le64(o2.buf + o2.len - 16), DBS_GPA);
+    assert_int_equal(le64(o2.buf + o2.len - 8), EIS_GPA);
+
+    struct env *b = env_new();
+    hooks_install(b);
+    follow(b, a);
+    unsigned cap = cfg_rd(b, PCI_REG_CAP_PTR, 1);
+    cfg_wr(b, cap + 2, 2, 0x8000);
+    assert_int_equal(load_bytes(b, o2.buf, o2.len, 2), 0);
+    assert_true(b->db_on[1]);
+    /* The guest's shadow tail is newer than the payload's: not overwritten. */
+    assert_int_equal(slot_get(b, DBS_GPA, 1, false), b->ioq.sq_tail);
+    assert_false(cq_take(b, &b->ioq, &c, false));
+    nvme_resume(b->n); /* reads the shadow: the late command runs */
+    assert_int_equal(cq_drain_shadow(b, &b->ioq, &c), 1);
+    assert_int_equal(c.cid, late);
+    assert_memory_equal(b->ram + DATA_GPA + 0x1000, b->blk->disk + 5 * 512, 512);
+    put_read(b, &b->ioq, 6, DATA_GPA);
+    assert_true(sq_ring_shadow(b, &b->ioq));
+    assert_int_equal(cq_drain_shadow(b, &b->ioq, &c), 1);
+    assert_int_equal(c.status, S_OK);
+
+    /* Refused: as version 1, cut short, misaligned, outside RAM, on a
+     * target that does not offer them, or on a controller not ready. */
+    struct env *t = env_new();
+    hooks_install(t);
+    follow(t, a);
+    assert_int_equal(load_bytes(t, o2.buf, o2.len, 1), -EINVAL);
+    assert_int_equal(load_bytes(t, o2.buf, o2.len - 8, 2), -EINVAL);
+    assert_int_equal(load_bytes(t, o2.buf, o2.len - 1, 2), -EINVAL);
+    uint8_t *p = malloc(o2.len + 1);
+    assert_non_null(p);
+    memcpy(p, o2.buf, o2.len);
+    p[o2.len] = 0;
+    assert_int_equal(load_bytes(t, p, o2.len + 1, 2), -EINVAL);
+    p[o2.len - 16] |= 0x08;
+    assert_int_equal(load_bytes(t, p, o2.len, 2), -EINVAL);
+    p[o2.len - 16] = o2.buf[o2.len - 16];
+    p[o2.len - 8 + 3] = 0x40; /* EventIdx at 1 GiB + ... */
+    assert_int_equal(load_bytes(t, p, o2.len, 2), -EINVAL);
+    p[o2.len - 8 + 3] = 0;
+    assert_int_equal(load_bytes(t, p, o2.len, 2), 0);
+    assert_true(t->db_on[1]);
+    assert_int_equal(load_bytes(t, o1.buf, o1.len, 2), 0); /* a reload drops them */
+    assert_false(t->db_on[1]);
+    nvme_set_dbbuf(t->n, false);
+    assert_int_equal(load_bytes(t, o2.buf, o2.len, 2), -EINVAL);
+    assert_int_equal(load_bytes(t, o1.buf, o1.len, 2), 0);
+    free(p);
+    struct env *idle = env_new();
+    nvme_quiesce(idle->n);
+    struct mig_out o3;
+    mig_out_init(&o3);
+    assert_int_equal(nvme_save(idle->n, &o3), 0);
+    mig_put_u64(&o3, DBS_GPA);
+    mig_put_u64(&o3, EIS_GPA);
+    assert_int_equal(load_bytes(idle, o3.buf, o3.len - 16, 2), 0);
+    assert_int_equal(load_bytes(idle, o3.buf, o3.len, 2), -EINVAL);
+    mig_out_free(&o3);
+    env_free(idle);
+    env_free(t);
+    env_free(b);
+    mig_out_free(&o1);
+    mig_out_free(&o2);
+}
+
+/* ---- the I/O thread and a vCPU at once ---- */
+
+struct kicker {
+    struct env *e;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    unsigned pending;
+    bool stop;
+    pthread_t thread;
+};
+
+/* An eventfd and the thread reading it: kicks coalesce. */
+static void kicker_post(struct kicker *k)
+{
+    pthread_mutex_lock(&k->lock);
+    k->pending++;
+    pthread_cond_signal(&k->cond);
+    pthread_mutex_unlock(&k->lock);
+}
+
+static void *kicker_main(void *arg)
+{
+    struct kicker *k = arg;
+    for (;;) {
+        pthread_mutex_lock(&k->lock);
+        while (!k->pending && !k->stop)
+            pthread_cond_wait(&k->cond, &k->lock);
+        bool go = k->pending != 0;
+        k->pending = 0;
+        pthread_mutex_unlock(&k->lock);
+        if (!go)
+            return NULL;
+        nvme_kick(k->e->n, 1);
+    }
+}
+
+static void kicker_later(void *ctx, uint16_t qid)
+{
+    (void)qid;
+    kicker_post(ctx);
+}
+
+static void kicker_backing(void *ctx, uint16_t qid, bool on)
+{
+    (void)ctx, (void)qid, (void)on;
+}
+
+/* The next completion of q if its phase says new (the controller writes on another thread). */
+static bool cq_take_sync(struct env *e, struct queue *q, struct cqe *c)
+{
+    uint8_t *p = e->ram + q->cq_gpa + (uint64_t)q->cq_head * 16;
+    uint32_t raw = __atomic_load_n((uint32_t *)(void *)(p + 12), __ATOMIC_ACQUIRE);
+    uint32_t dw3 = le32((const uint8_t *)&raw);
+    if (((dw3 >> 16) & 1) != q->phase)
+        return false;
+    c->cid = (uint16_t)dw3;
+    c->status = (uint16_t)((dw3 >> 17) & 0x3fff);
+    if (++q->cq_head == q->cq_size) {
+        q->cq_head = 0;
+        q->phase = !q->phase;
+    }
+    return true;
+}
+
+static void test_dbbuf_threads(void **state)
+{
+    struct env *e = *state;
+    dbbuf_up(e, 16, 16, true);
+    struct kicker k = {.e = e};
+    pthread_mutex_init(&k.lock, NULL);
+    pthread_cond_init(&k.cond, NULL);
+    struct nvme_hooks h = {
+        .ctx = &k, .doorbell_backing = kicker_backing, .kick_later = kicker_later};
+    nvme_set_hooks(e->n, &h);
+    assert_int_equal(pthread_create(&k.thread, NULL, kicker_main, &k), 0);
+    /*
+     * The vCPU: up to 8 reads in flight, published the Linux way and rung
+     * (to the kicker) only when EventIdx says so; completions consumed and
+     * the head published the same way, its doorbell rung here; an admin
+     * command now and then. A missed submission hangs: caught by the clock.
+     */
+    const unsigned total = 4000;
+    unsigned sent = 0, done = 0, spins = 0, rings = 0;
+    while (done < total) {
+        while (sent < total && sent - done < 8) {
+            put_read(e, &e->ioq, sent % 64, DATA_GPA + 0x1000 * (sent % 8));
+            sent++;
+            if (db_update(e, 1, false, e->ioq.sq_tail)) {
+                rings++;
+                kicker_post(&k);
+            }
+        }
+        struct cqe c;
+        unsigned got = 0;
+        while (cq_take_sync(e, &e->ioq, &c)) {
+            assert_int_equal(c.status, S_OK);
+            got++;
+        }
+        if (got) {
+            done += got;
+            spins = 0;
+            if (db_update(e, 1, true, e->ioq.cq_head))
+                wr(e, 0x1000 + 12, 4, e->ioq.cq_head);
+        } else {
+            assert_true(++spins < 50000000u);
+            sched_yield();
+        }
+        if (done % 256 == 0 && got)
+            assert_int_equal(feature(e, 0x0a, 0x07, 0, NULL), S_OK);
+    }
+    pthread_mutex_lock(&k.lock);
+    k.stop = true;
+    pthread_cond_signal(&k.cond);
+    pthread_mutex_unlock(&k.lock);
+    pthread_join(k.thread, NULL);
+    pthread_cond_destroy(&k.cond);
+    pthread_mutex_destroy(&k.lock);
+    nvme_set_hooks(e->n, NULL);
+    assert_int_equal(e->blk->nread, total);
+    assert_true(rings <= total);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1424,6 +2182,17 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_msix, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bus_master_gates_dma, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hostile_random, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dbbuf_config, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dbbuf_not_offered, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dbbuf_shadow_tail, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dbbuf_recheck, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dbbuf_bounded_pass, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dbbuf_cq_room, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dbbuf_intx, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dbbuf_bad_shadow, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dbbuf_reset_clears, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dbbuf_migration, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dbbuf_threads, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
