@@ -108,6 +108,8 @@ out=$(port cella.out)
 err=$(port cella.err)
 wait $modpid $extpid
 [ -c /dev/kvm ] || fail "no /dev/kvm after loading $kvm"
+# The kernel's and modules' code symbols, for cpu_dump.py should the run hang.
+grep ' [tT] ' /proc/kallsyms >/ctl/kallsyms 2>/dev/null &
 
 chroot $r /bin/sh /ctl/cmd.sh </dev/null >"$out" 2>"$err"
 rc=$?
