@@ -9,6 +9,7 @@
 #include <sys/uio.h>
 
 #include "common/le.h"
+#include "common/log.h"
 #include "devices/dma_dirty.h"
 
 /*
@@ -2200,4 +2201,36 @@ int nvme_load(struct nvme_disk *n, struct mig_in *in, uint32_t version)
     }
     pthread_mutex_unlock(&n->lock);
     return rc;
+}
+
+void nvme_debug(struct nvme_disk *n)
+{
+    pthread_mutex_lock(&n->lock);
+    pthread_mutex_lock(&n->cq_lock);
+    log_msg(LOG_WARN, "debug", "%s: in flight %u%s%s msix %s%s", n->func.name, n->io_inflight,
+            n->paused ? " paused" : "", n->dbbuf_on ? " shadow doorbells" : "",
+            n->msix.enabled ? "on" : "off", n->msix.fmasked ? " (function masked)" : "");
+    for (unsigned i = 0; i <= NVME_MAX_IO_QUEUES; i++) {
+        const struct nvme_sq *sq = n->sq[i];
+        const struct nvme_cq *cq = n->cq[i];
+        if (!sq && !cq)
+            continue;
+        char sqs[96] = "no SQ", cqs[128] = "no CQ";
+        if (sq)
+            snprintf(sqs, sizeof(sqs), "SQ size %u head %u tail %u%s", sq->size,
+                     atomic_load(&sq->head), sq->tail, sq->shadow ? " (shadow)" : "");
+        if (cq) {
+            unsigned v = cq->vector;
+            pthread_mutex_lock(&n->msix.lock);
+            bool masked = v < n->msix.nvec && (n->msix.table[v].ctrl & 1);
+            bool pending = v < n->msix.nvec && (n->msix.pending[v / 64] >> (v % 64) & 1);
+            pthread_mutex_unlock(&n->msix.lock);
+            snprintf(cqs, sizeof(cqs), "CQ size %u head %u tail %u phase %d vector %u%s%s%s",
+                     cq->size, cq->head, cq->tail, cq->phase, v, cq->ien ? "" : " (no irq)",
+                     masked ? " masked" : "", pending ? " PENDING" : "");
+        }
+        log_msg(LOG_WARN, "debug", "%s: qid %u: %s; %s", n->func.name, i, sqs, cqs);
+    }
+    pthread_mutex_unlock(&n->cq_lock);
+    pthread_mutex_unlock(&n->lock);
 }

@@ -248,6 +248,12 @@ unsigned nvme_doorbells(const struct nvme_disk *n, struct nvme_doorbell *out, un
  * Ignored unless the controller is ready and the queue uses a shadow
  * doorbell. I/O thread (any thread).
  */
+/*
+ * Logs the controller's state (debug dump, cella-standalone SIGUSR2): per
+ * queue pair the heads, tails, phase and interrupt vector. Any thread.
+ */
+void nvme_debug(struct nvme_disk *n);
+
 void nvme_kick(struct nvme_disk *n, uint16_t qid);
 
 /*

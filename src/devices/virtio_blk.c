@@ -5,6 +5,7 @@
 #include <pthread.h>
 #include <stddef.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "common/le.h"
@@ -451,12 +452,28 @@ static int op_load(struct virtio_dev *d, struct mig_in *in)
     return 0;
 }
 
+static void queue_debug(struct virtio_dev *d, unsigned idx, char *buf, size_t len)
+{
+    struct virtio_blk *b = (struct virtio_blk *)d;
+    if (idx >= b->nqueues) {
+        snprintf(buf, len, "no such queue");
+        return;
+    }
+    struct vblk_queue *q = &b->q[idx];
+    pthread_mutex_lock(&q->lock);
+    snprintf(buf, len, "in flight %u%s%s%s%s", q->in_flight, q->processing ? " processing" : "",
+             q->pending ? " pending" : "", q->starved ? " starved" : "",
+             q->stopped ? " stopped" : "");
+    pthread_mutex_unlock(&q->lock);
+}
+
 static const struct virtio_dev_ops blk_ops = {
     .config_read = cfg_read,
     .config_write = cfg_write,
     .set_features = set_features,
     .driver_ok = driver_ok,
     .queue_notify = queue_notify,
+    .queue_debug = queue_debug,
     .reset = reset,
     .quiesce = op_quiesce,
     .resume = op_resume,

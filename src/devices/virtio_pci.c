@@ -2,9 +2,11 @@
 #include "devices/virtio_pci.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "common/le.h"
+#include "common/log.h"
 
 /* Ring features the transport offers on top of the device type's bits. */
 #define TRANSPORT_FEATURES                                                                         \
@@ -593,6 +595,33 @@ unsigned virtio_pci_doorbells(const struct virtio_pci *vp, struct virtio_doorbel
                                           .width = 2,
                                           .queue = i};
     return n;
+}
+
+void virtio_pci_debug(struct virtio_pci *vp)
+{
+    pthread_mutex_lock(&vp->lock);
+    uint8_t status = vp->status;
+    bool paused = vp->paused;
+    pthread_mutex_unlock(&vp->lock);
+    log_msg(LOG_WARN, "debug", "%s: status %#x%s%s bus master %s msix %s%s", vp_name(vp), status,
+            atomic_load(&vp->needs_reset) ? " NEEDS_RESET" : "", paused ? " paused" : "",
+            pci_func_bus_master(&vp->func) ? "on" : "off", vp->msix.enabled ? "on" : "off",
+            vp->msix.fmasked ? " (function masked)" : "");
+    for (unsigned i = 0; i < vp->dev->nqueues; i++) {
+        char ring[256], dev[160] = "";
+        vq_debug(&vp->dev->vqs[i], ring, sizeof(ring));
+        if (vp->dev->ops->queue_debug)
+            vp->dev->ops->queue_debug(vp->dev, i, dev, sizeof(dev));
+        pthread_mutex_lock(&vp->irq_lock);
+        unsigned v = vp->queue_vector[i];
+        pthread_mutex_unlock(&vp->irq_lock);
+        pthread_mutex_lock(&vp->msix.lock);
+        bool masked = v < vp->msix.nvec && (vp->msix.table[v].ctrl & 1);
+        bool pending = v < vp->msix.nvec && (vp->msix.pending[v / 64] >> (v % 64) & 1);
+        pthread_mutex_unlock(&vp->msix.lock);
+        log_msg(LOG_WARN, "debug", "%s: q%u %s; %s; vector %u%s%s", vp_name(vp), i, ring, dev, v,
+                masked ? " masked" : "", pending ? " PENDING" : "");
+    }
 }
 
 void virtio_pci_kick(struct virtio_pci *vp, unsigned q)

@@ -153,6 +153,13 @@ unsigned virtio_pci_doorbells(const struct virtio_pci *vp, struct virtio_doorbel
  */
 void virtio_pci_kick(struct virtio_pci *vp, unsigned q);
 
+/*
+ * Logs the function's state (debug dump, cella-standalone SIGUSR2): the
+ * status, and per live queue the ring indices, the device's own state and
+ * its MSI-X vector (masked, pending). Any thread.
+ */
+void virtio_pci_debug(struct virtio_pci *vp);
+
 /* BAR 4 and BAR 1 accesses (also reachable through func's BAR ops). */
 uint64_t virtio_pci_bar_read(void *opaque, uint64_t off, unsigned size);
 void virtio_pci_bar_write(void *opaque, uint64_t off, unsigned size, uint64_t value);

@@ -2,6 +2,7 @@
 #include "devices/virtqueue.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "common/le.h"
@@ -294,6 +295,22 @@ bool vq_push(struct virtqueue *vq, const struct vq_used *u, unsigned n)
     bool notify = push_locked(vq, u, n);
     pthread_mutex_unlock(&vq->lock);
     return notify;
+}
+
+void vq_debug(struct virtqueue *vq, char *buf, size_t len)
+{
+    pthread_mutex_lock(&vq->lock);
+    if (!vq->ready)
+        snprintf(buf, len, "not ready");
+    else
+        snprintf(buf, len,
+                 "num %u last_avail %u avail.idx %u avail.flags %#x used_event %u used_idx %u "
+                 "used.idx %u avail_event %u signalled %s%u%s",
+                 vq->num, vq->last_avail, load16_acquire(vq->avail + AVAIL_IDX), load16(vq->avail),
+                 load16(vq->avail + AVAIL_RING(vq->num)), vq->used_idx, load16(vq->used + USED_IDX),
+                 load16(vq->used + USED_RING(vq->num)), vq->signalled_valid ? "" : "(invalid) ",
+                 vq->signalled_used, vq->broken ? " BROKEN" : "");
+    pthread_mutex_unlock(&vq->lock);
 }
 
 void vq_mark_written(struct virtqueue *vq, const struct iovec *iov, unsigned n, uint64_t nbytes)

@@ -153,6 +153,12 @@ bool vq_ready(struct virtqueue *vq);
  * buffers iov[0..n) dirty for migration (guest_mem_dirty), after the
  * device wrote them. Any thread.
  */
+/*
+ * One line of the queue's state for a debug dump (cella-standalone
+ * SIGUSR2): our indices and the driver's, as guest memory has them now.
+ */
+void vq_debug(struct virtqueue *vq, char *buf, size_t len);
+
 void vq_mark_written(struct virtqueue *vq, const struct iovec *iov, unsigned n, uint64_t nbytes);
 
 /*
@@ -197,6 +203,8 @@ struct virtio_dev_ops {
     void (*driver_ok)(struct virtio_dev *d);
     /* The driver notified queue q (enabled, DRIVER_OK, DMA on). */
     void (*queue_notify)(struct virtio_dev *d, unsigned q);
+    /* Optional: the device's own state of queue q, one line (debug dump). */
+    void (*queue_debug)(struct virtio_dev *d, unsigned q, char *buf, size_t len);
     /*
      * Device reset: stop taking requests, wait for every in-flight backend
      * request, then vq_reset every queue. May sleep.

@@ -411,6 +411,15 @@ size_t machine_serial_input(struct machine *m, unsigned com, const uint8_t *buf,
     return machine_devices_serial_input(m, com, buf, len);
 }
 
+void machine_debug_dump(struct machine *m)
+{
+    log_msg(LOG_WARN, "debug", "machine: %u vCPUs, %s%s%s", m->ncpus,
+            m->started ? "started" : "not started", atomic_load(&m->pausing) ? ", pausing" : "",
+            atomic_load(&m->stopping) ? ", stopping" : "");
+    if (m->dev)
+        machine_devices_debug(m);
+}
+
 int machine_nmi(struct machine *m)
 {
     /*

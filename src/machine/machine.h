@@ -102,6 +102,12 @@ size_t machine_serial_input(struct machine *m, unsigned com, const uint8_t *buf,
  */
 int machine_throttle(struct machine *m, unsigned pct);
 
+/*
+ * Logs what a person debugging a stuck guest wants to see (the devices'
+ * queues and interrupts), without stopping anything. Any thread.
+ */
+void machine_debug_dump(struct machine *m);
+
 /* Injects an NMI into every vCPU. */
 int machine_nmi(struct machine *m);
 

@@ -973,6 +973,15 @@ size_t machine_devices_mig_list(struct machine *m, struct machine_mig_dev *out, 
     return n;
 }
 
+void machine_devices_debug(struct machine *m)
+{
+    struct pci_devs *pd = &m->dev->pd;
+    for (size_t k = 0; k < pd->nvdev; k++)
+        virtio_pci_debug(pd->vdev[k].vp);
+    for (size_t i = 0; i < pd->nnvme; i++)
+        nvme_debug(pd->nvme[i]);
+}
+
 int machine_devices_quiesce(struct machine *m)
 {
     struct pci_devs *pd = &m->dev->pd;

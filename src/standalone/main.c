@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <signal.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -295,6 +296,24 @@ static int open_sinks(struct standalone *s, const struct args *a)
     return 0;
 }
 
+/* SIGUSR2: log the machine's device state (a stuck guest's queues and interrupts). */
+static void *debug_thread(void *arg)
+{
+    struct standalone *s = arg;
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGUSR2);
+    for (;;) {
+        int sig;
+        if (sigwait(&set, &sig) != 0)
+            return NULL;
+        pthread_mutex_lock(&s->lock);
+        if (s->m)
+            machine_debug_dump(s->m);
+        pthread_mutex_unlock(&s->lock);
+    }
+}
+
 int main(int argc, char **argv)
 {
     struct args a = {0};
@@ -316,9 +335,16 @@ int main(int argc, char **argv)
         raw.c_oflag |= OPOST | ONLCR;
         tcsetattr(STDIN_FILENO, TCSANOW, &raw);
     }
-    pthread_t input;
+    /* Every thread (they inherit this mask) leaves SIGUSR2 to debug_thread. */
+    sigset_t usr2;
+    sigemptyset(&usr2);
+    sigaddset(&usr2, SIGUSR2);
+    pthread_sigmask(SIG_BLOCK, &usr2, NULL);
+    pthread_t input, debug;
     pthread_create(&input, NULL, input_thread, &s);
     pthread_detach(input);
+    if (pthread_create(&debug, NULL, debug_thread, &s) == 0)
+        pthread_detach(debug);
     int status = run(&s, &spec, &a.host);
     if (tty)
         tcsetattr(STDIN_FILENO, TCSANOW, &saved);

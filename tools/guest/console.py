@@ -29,6 +29,7 @@ import argparse
 import os
 import re
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -67,8 +68,11 @@ class GuestConsole:
         while b"\n" not in self.buf:
             left = deadline - time.monotonic()
             if left <= 0:
+                dump = self._debug_dump()
                 raise GuestError("timeout; last lines:\n  " +
-                                 "\n  ".join(self.lines[-15:]))
+                                 "\n  ".join(self.lines[-15:]) +
+                                 ("\nthe VMM's state (SIGUSR2):\n  " + "\n  ".join(dump)
+                                  if dump else ""))
             r, _, _ = select.select([fd], [], [], left)
             if not r:
                 continue
@@ -81,6 +85,30 @@ class GuestConsole:
             self.buf += chunk
         line, self.buf = self.buf.split(b"\n", 1)
         return self._keep(line)
+
+    def _debug_dump(self, wait=2.0):
+        """Asks a cella VMM for its device state (SIGUSR2); returns the lines it logged."""
+        args = self.proc.args if isinstance(self.proc.args, list) else [self.proc.args]
+        if self.proc.poll() is not None or not any(
+                os.path.basename(str(a)).startswith("cella") for a in args):
+            return []
+        try:
+            self.proc.send_signal(signal.SIGUSR2)
+        except OSError:
+            return []
+        fd = self.proc.stdout.fileno()
+        end = time.monotonic() + wait
+        while time.monotonic() < end:
+            r, _, _ = select.select([fd], [], [], max(0, end - time.monotonic()))
+            if not r:
+                break
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            self.buf += chunk
+        text = self.buf.decode("utf-8", "replace").replace("\r", "")
+        self.buf = b""
+        return [ln for ln in text.split("\n") if '"debug"' in ln]
 
     def _keep(self, raw):
         line = raw.decode("utf-8", "replace").replace("\r", "")
