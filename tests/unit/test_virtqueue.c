@@ -135,6 +135,26 @@ static void test_simple_chain(void **state)
     assert_true(vq_ready(&e->vq));
 }
 
+/* The debug line shows both sides' indices as they are. */
+static void test_debug_line(void **state)
+{
+    struct env *e = *state;
+    char line[256];
+    desc(e, 0, BUF, 16, 0, 0);
+    make_avail(e, 0);
+    make_avail(e, 0);
+    assert_int_equal(pop(e), 1);
+    struct vq_used u = {.head = 0, .len = 0};
+    vq_push(&e->vq, &u, 1);
+    vq_debug(&e->vq, line, sizeof(line));
+    assert_non_null(strstr(line, "num 8 last_avail 1 avail.idx 2 "));
+    assert_non_null(strstr(line, " used_idx 1 used.idx 1 "));
+    assert_null(strstr(line, "BROKEN"));
+    vq_reset(&e->vq);
+    vq_debug(&e->vq, line, sizeof(line));
+    assert_string_equal(line, "not ready");
+}
+
 static void test_zero_length_skipped(void **state)
 {
     struct env *e = *state;
@@ -532,6 +552,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         T(test_simple_chain),
+        TE(test_debug_line),
         T(test_zero_length_skipped),
         T(test_loop_refused),
         T(test_self_loop_refused),
