@@ -416,9 +416,33 @@ static void src_phase(void *ctx, enum mig_phase ph)
     set_mig_phase(ctx, true, ph);
 }
 
+/*
+ * Tests only: CELLA_MIGRATE_TEST_HOLD="PHASE:MS" in a target server's
+ * environment holds its incoming migration MS ms (at most 60 s) once it
+ * announced PHASE, so a test can act inside a phase that is otherwise a
+ * few milliseconds long (kill the target during device state).
+ */
+static void test_hold(enum mig_phase ph)
+{
+    const char *h = getenv("CELLA_MIGRATE_TEST_HOLD");
+    const char *name = mig_phase_name(ph);
+    size_t n = strlen(name);
+    if (!h || strncmp(h, name, n) != 0 || h[n] != ':')
+        return;
+    long ms = strtol(h + n + 1, NULL, 10);
+    if (ms <= 0 || ms > 60000)
+        return;
+    log_msg(LOG_WARN, "migrate", "holding the incoming migration %ld ms in %s (test hook)", ms,
+            name);
+    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = ms % 1000 * 1000000};
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+        ;
+}
+
 static void tgt_phase(void *ctx, enum mig_phase ph)
 {
     set_mig_phase(ctx, false, ph);
+    test_hold(ph);
 }
 
 /* COM1 history, oldest first: the kept head, then the kept tail. */

@@ -435,6 +435,46 @@ def test_target_killed_during_ram_transfer(server, kit, tmp_path):
     c.close()
 
 
+def test_target_killed_during_device_state(server, kit, tmp_path):
+    """The target dies while it receives device state (the source is paused,
+    RAM is all sent): the source resumes the guest, nothing is lost, and a
+    later migration works. The target holds the Device phase (a test hook)
+    so the kill lands inside it."""
+    src, con = start_vm(server, tmp_path, "[main]\ncpus = 1\nmemory = 256\n")
+    con.check(COUNTER)
+    con.check("memtouch loop 16 5 >/dev/null 2>&1 &")
+    memtouch_ready(con)
+    dst = server(env={"CELLA_MIGRATE_TEST_HOLD": "Device:20000"})
+    proc = start_migration(src.port, dst.port, 300)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        r = dst.get("/instance/migration-status")
+        into = r.json().get("migration_in") if r.status_code == 200 else None
+        if into and into["state"] == "Device":
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("the target never reached Device")
+    dst.proc.kill()
+    proc.wait(120)
+    assert proc.returncode != 0
+    deadline = time.monotonic() + 60
+    while state(src) != "Running" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert state(src) == "Running"
+    c0 = counter(con)
+    time.sleep(0.3)
+    assert counter(con) > c0
+    con.check("memtouch check")
+    con.close()
+    dst2 = server()
+    migrate(src, dst2)
+    wait_state(dst2, "Running", 30)
+    c = Console(dst2, "?most_recent=0")
+    c.check("memtouch check")
+    c.close()
+
+
 class Proxy:
     """A TCP proxy to the source that can stop forwarding (a cut link that
     stays open: nothing moves, nothing is closed)."""
