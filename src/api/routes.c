@@ -306,11 +306,16 @@ static void h_migration_settings(struct api_req *r)
     s.set_downtime = json_is_object(j) && json_object_get(j, "downtime_ms");
     s.set_bandwidth = json_is_object(j) && json_object_get(j, "max_bandwidth_mibps");
     s.set_auto_converge = json_is_object(j) && json_object_get(j, "auto_converge");
-    if (cella_json_get_uint(j, "downtime_ms", 600000, false, &root, &ms, &errs) < 0 ||
-        (s.set_downtime && ms == 0) ||
-        cella_json_get_uint(j, "max_bandwidth_mibps", 1u << 20, false, &root, &mibps, &errs) < 0 ||
-        cella_json_get_bool(j, "auto_converge", false, &root, &s.auto_converge, &errs) < 0 ||
-        !(s.set_downtime || s.set_bandwidth || s.set_auto_converge))
+    /* Every field is checked, so one answer names every problem. */
+    if (cella_json_get_uint(j, "downtime_ms", 600000, false, &root, &ms, &errs) < 0)
+        rc = -EINVAL;
+    else if (s.set_downtime && ms == 0)
+        rc = cella_err(&errs, -EINVAL, "/downtime_ms", "must be 1 or more");
+    if (cella_json_get_uint(j, "max_bandwidth_mibps", 1u << 20, false, &root, &mibps, &errs) < 0)
+        rc = -EINVAL;
+    if (cella_json_get_bool(j, "auto_converge", false, &root, &s.auto_converge, &errs) < 0)
+        rc = -EINVAL;
+    if (!(s.set_downtime || s.set_bandwidth || s.set_auto_converge))
         rc = -EINVAL;
     json_decref(j);
     if (rc < 0) {

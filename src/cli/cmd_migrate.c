@@ -374,9 +374,10 @@ const struct cli_option cli_migrate_options[] = {
                         "With --start-target: pass ARG to cella-server (repeatable)"},
     [MIG_TARGET_LOG] = {"target-log", "FILE",
                         "With --start-target: append the server's output to FILE"},
-    [MIG_BANDWIDTH] = {"max-bandwidth", "MIBPS",
-                       "Cap the source's live passes at MIBPS MiB/s (default 0: no cap)"},
+    [MIG_BANDWIDTH] =
+        {"max-bandwidth", "MIBPS",
+         "Cap the source's live passes at MIBPS MiB/s (0: no cap; the source keeps it)"},
     [MIG_NO_AUTO_CONVERGE] = {"no-auto-converge", NULL,
-                              "Never throttle the guest's vCPUs to make the migration converge"},
+                              "Never throttle the guest's vCPUs (the source keeps it)"},
     {0},
 };

@@ -1902,13 +1902,22 @@ static void save_queues(const struct nvme_disk *n, struct mig_out *o)
     }
 }
 
-int nvme_save(const struct nvme_disk *cn, struct mig_out *o)
+int nvme_save(const struct nvme_disk *n, struct mig_out *o)
+{
+    return nvme_save_version(n, o, NVME_STATE_VERSION);
+}
+
+int nvme_save_version(const struct nvme_disk *cn, struct mig_out *o, uint32_t version)
 {
     struct nvme_disk *n = (struct nvme_disk *)cn; /* for the locks only */
     int rc = 0;
     pthread_mutex_lock(&n->lock);
     pthread_mutex_lock(&n->cq_lock);
     bool busy = !n->paused || n->io_inflight;
+    if (version < 2 && n->dbbuf_on) {
+        rc = -EPROTO;
+        goto out;
+    }
     for (unsigned q = 0; q <= NVME_MAX_IO_QUEUES; q++)
         busy |= n->cq[q] && n->cq[q]->reserved;
     if (busy) {
@@ -2205,8 +2214,16 @@ int nvme_load(struct nvme_disk *n, struct mig_in *in, uint32_t version)
 
 void nvme_debug(struct nvme_disk *n)
 {
-    pthread_mutex_lock(&n->lock);
-    pthread_mutex_lock(&n->cq_lock);
+    /* Only trylocks: the dump is for a stuck controller, whose holder may never let go. */
+    if (pthread_mutex_trylock(&n->lock) != 0) {
+        log_msg(LOG_WARN, "debug", "%s: busy (controller lock held)", n->func.name);
+        return;
+    }
+    if (pthread_mutex_trylock(&n->cq_lock) != 0) {
+        pthread_mutex_unlock(&n->lock);
+        log_msg(LOG_WARN, "debug", "%s: busy (completion lock held)", n->func.name);
+        return;
+    }
     log_msg(LOG_WARN, "debug", "%s: in flight %u%s%s msix %s%s", n->func.name, n->io_inflight,
             n->paused ? " paused" : "", n->dbbuf_on ? " shadow doorbells" : "",
             n->msix.enabled ? "on" : "off", n->msix.fmasked ? " (function masked)" : "");
@@ -2221,10 +2238,12 @@ void nvme_debug(struct nvme_disk *n)
                      atomic_load(&sq->head), sq->tail, sq->shadow ? " (shadow)" : "");
         if (cq) {
             unsigned v = cq->vector;
-            pthread_mutex_lock(&n->msix.lock);
-            bool masked = v < n->msix.nvec && (n->msix.table[v].ctrl & 1);
-            bool pending = v < n->msix.nvec && (n->msix.pending[v / 64] >> (v % 64) & 1);
-            pthread_mutex_unlock(&n->msix.lock);
+            bool masked = false, pending = false;
+            if (pthread_mutex_trylock(&n->msix.lock) == 0) {
+                masked = v < n->msix.nvec && (n->msix.table[v].ctrl & 1);
+                pending = v < n->msix.nvec && (n->msix.pending[v / 64] >> (v % 64) & 1);
+                pthread_mutex_unlock(&n->msix.lock);
+            }
             snprintf(cqs, sizeof(cqs), "CQ size %u head %u tail %u phase %d vector %u%s%s%s",
                      cq->size, cq->head, cq->tail, cq->phase, v, cq->ien ? "" : " (no irq)",
                      masked ? " masked" : "", pending ? " PENDING" : "");

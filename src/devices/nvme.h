@@ -243,17 +243,17 @@ void nvme_set_dbbuf(struct nvme_disk *n, bool offer);
 unsigned nvme_doorbells(const struct nvme_disk *n, struct nvme_doorbell *out, unsigned max);
 
 /*
- * SQ qid was kicked (its ioeventfd fired, or kick_later): processes it
- * from its shadow tail, exactly as a write to its tail doorbell would.
- * Ignored unless the controller is ready and the queue uses a shadow
- * doorbell. I/O thread (any thread).
- */
-/*
  * Logs the controller's state (debug dump, cella-standalone SIGUSR2): per
  * queue pair the heads, tails, phase and interrupt vector. Any thread.
  */
 void nvme_debug(struct nvme_disk *n);
 
+/*
+ * SQ qid was kicked (its ioeventfd fired, or kick_later): processes it
+ * from its shadow tail, exactly as a write to its tail doorbell would.
+ * Ignored unless the controller is ready and the queue uses a shadow
+ * doorbell. I/O thread (any thread).
+ */
 void nvme_kick(struct nvme_disk *n, uint16_t qid);
 
 /*
@@ -296,6 +296,12 @@ void nvme_resume(struct nvme_disk *n);
  * failed. The PCI config space is a payload of its own (pci_func_save).
  */
 int nvme_save(const struct nvme_disk *n, struct mig_out *o);
+/*
+ * The same in payload `version` (1..NVME_STATE_VERSION) for a target that
+ * reads no newer: -EPROTO when the guest uses shadow doorbells and version
+ * 1 cannot carry them (that guest cannot move to such a target).
+ */
+int nvme_save_version(const struct nvme_disk *n, struct mig_out *o, uint32_t version);
 
 /*
  * Loads a payload (untrusted) into a controller built from the same spec:

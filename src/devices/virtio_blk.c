@@ -460,7 +460,10 @@ static void queue_debug(struct virtio_dev *d, unsigned idx, char *buf, size_t le
         return;
     }
     struct vblk_queue *q = &b->q[idx];
-    pthread_mutex_lock(&q->lock);
+    if (pthread_mutex_trylock(&q->lock) != 0) {
+        snprintf(buf, len, "busy (queue lock held)");
+        return;
+    }
     snprintf(buf, len, "in flight %u%s%s%s%s", q->in_flight, q->processing ? " processing" : "",
              q->pending ? " pending" : "", q->starved ? " starved" : "",
              q->stopped ? " stopped" : "");

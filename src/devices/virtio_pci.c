@@ -599,7 +599,11 @@ unsigned virtio_pci_doorbells(const struct virtio_pci *vp, struct virtio_doorbel
 
 void virtio_pci_debug(struct virtio_pci *vp)
 {
-    pthread_mutex_lock(&vp->lock);
+    /* Only trylocks: the dump is for a stuck device, whose holder may never let go. */
+    if (pthread_mutex_trylock(&vp->lock) != 0) {
+        log_msg(LOG_WARN, "debug", "%s: busy (transport lock held)", vp_name(vp));
+        return;
+    }
     uint8_t status = vp->status;
     bool paused = vp->paused;
     pthread_mutex_unlock(&vp->lock);
@@ -612,13 +616,13 @@ void virtio_pci_debug(struct virtio_pci *vp)
         vq_debug(&vp->dev->vqs[i], ring, sizeof(ring));
         if (vp->dev->ops->queue_debug)
             vp->dev->ops->queue_debug(vp->dev, i, dev, sizeof(dev));
-        pthread_mutex_lock(&vp->irq_lock);
-        unsigned v = vp->queue_vector[i];
-        pthread_mutex_unlock(&vp->irq_lock);
-        pthread_mutex_lock(&vp->msix.lock);
-        bool masked = v < vp->msix.nvec && (vp->msix.table[v].ctrl & 1);
-        bool pending = v < vp->msix.nvec && (vp->msix.pending[v / 64] >> (v % 64) & 1);
-        pthread_mutex_unlock(&vp->msix.lock);
+        unsigned v = __atomic_load_n(&vp->queue_vector[i], __ATOMIC_RELAXED);
+        bool masked = false, pending = false;
+        if (pthread_mutex_trylock(&vp->msix.lock) == 0) {
+            masked = v < vp->msix.nvec && (vp->msix.table[v].ctrl & 1);
+            pending = v < vp->msix.nvec && (vp->msix.pending[v / 64] >> (v % 64) & 1);
+            pthread_mutex_unlock(&vp->msix.lock);
+        }
         log_msg(LOG_WARN, "debug", "%s: q%u %s; %s; vector %u%s%s", vp_name(vp), i, ring, dev, v,
                 masked ? " masked" : "", pending ? " PENDING" : "");
     }

@@ -299,7 +299,10 @@ bool vq_push(struct virtqueue *vq, const struct vq_used *u, unsigned n)
 
 void vq_debug(struct virtqueue *vq, char *buf, size_t len)
 {
-    pthread_mutex_lock(&vq->lock);
+    if (pthread_mutex_trylock(&vq->lock) != 0) { /* a stuck holder must not stall the dump */
+        snprintf(buf, len, "busy (lock held)");
+        return;
+    }
     if (!vq->ready)
         snprintf(buf, len, "not ready");
     else

@@ -149,16 +149,16 @@ void vq_set_broken(struct virtqueue *vq);
 bool vq_ready(struct virtqueue *vq);
 
 /*
- * Marks the first `nbytes` (UINT64_MAX: all) of the device-writable
- * buffers iov[0..n) dirty for migration (guest_mem_dirty), after the
- * device wrote them. Any thread.
- */
-/*
  * One line of the queue's state for a debug dump (cella-standalone
  * SIGUSR2): our indices and the driver's, as guest memory has them now.
  */
 void vq_debug(struct virtqueue *vq, char *buf, size_t len);
 
+/*
+ * Marks the first `nbytes` (UINT64_MAX: all) of the device-writable
+ * buffers iov[0..n) dirty for migration (guest_mem_dirty), after the
+ * device wrote them. Any thread.
+ */
 void vq_mark_written(struct virtqueue *vq, const struct iovec *iov, unsigned n, uint64_t nbytes);
 
 /*

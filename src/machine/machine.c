@@ -295,11 +295,12 @@ int machine_throttle(struct machine *m, unsigned pct)
         if (r < 0)
             atomic_store(&m->throttle_pct, 0);
     }
+    pthread_t th = m->throttle_thread;
     if (join)
         m->throttle_started = false;
     pthread_mutex_unlock(&m->throttle_lock);
     if (join)
-        pthread_join(m->throttle_thread, NULL);
+        pthread_join(th, NULL);
     if (!pct && m->vcpus)
         for (unsigned i = 0; i < m->ncpus; i++)
             atomic_store(&m->vcpus[i].throttle_due, false);

@@ -140,7 +140,7 @@ size_t machine_devices_mig_list(struct machine *m, struct machine_mig_dev *out, 
  * parked. 0 or -errno.
  */
 int machine_devices_quiesce(struct machine *m);
-/* Logs every virtio function's state (machine_debug_dump). */
+/* Logs every virtio function's and NVMe controller's state (machine_debug_dump). */
 void machine_devices_debug(struct machine *m);
 /* Undoes machine_devices_quiesce. */
 void machine_devices_resume(struct machine *m);

@@ -19,6 +19,7 @@
 #include <sys/ioctl.h>
 #include <time.h>
 
+#include "common/log.h"
 #include "common/mig_buf.h"
 #include "devices/cmos.h"
 #include "devices/fw_cfg.h"
@@ -521,7 +522,31 @@ MIG_ADAPTER(virtio_blk, struct virtio_pci, "virtio-blk", VIRTIO_BLK_STATE_VERSIO
             virtio_pci_load);
 MIG_ADAPTER(virtio_net, struct virtio_pci, "virtio-net", VIRTIO_NET_STATE_VERSION, virtio_pci_save,
             virtio_pci_load);
-MIG_ADAPTER(nvme, struct nvme_disk, "nvme", NVME_STATE_VERSION, nvme_save, nvme_load);
+/* NVMe saves in the negotiated version (version 1 cannot carry shadow doorbells). */
+static int nvme_save_negotiated(void *dev, uint32_t version, struct mig_out *o)
+{
+    int r = nvme_save_version(dev, o, version);
+    if (r == -EPROTO)
+        log_msg(LOG_ERROR, "migrate",
+                "%s: the target reads NVMe payload version %u, which cannot carry the "
+                "guest's shadow doorbells (Doorbell Buffer Config); update the target's cella",
+                nvme_pci_func(dev)->name, version);
+    return r;
+}
+
+static int nvme_load_adapter(void *dev, uint32_t version, struct mig_in *in,
+                             struct cella_errors *errs)
+{
+    return load_result(nvme_load(dev, in, version), "nvme", errs);
+}
+
+const struct machine_mig_ops machine_mig_nvme_ops = {
+    .kind = "nvme",
+    .version = NVME_STATE_VERSION,
+    .min_version = 1,
+    .save = nvme_save_negotiated,
+    .load = nvme_load_adapter,
+};
 MIG_ADAPTER(pci_config, struct pci_func, "pci-config", PCI_FUNC_STATE_VERSION, pci_func_save,
             pci_func_load);
 

@@ -300,7 +300,9 @@ void *vcpu_thread(void *arg)
         }
         if (ioctl(v->fd, KVM_RUN, 0) < 0) {
             if (errno == EINTR || errno == EAGAIN) {
-                v->run->immediate_exit = 0;
+                /* seq_cst: cleared before `stopping`/`pausing` are read again, so a kick
+                 * that lands after that read still ends the next KVM_RUN. */
+                __atomic_store_n(&v->run->immediate_exit, 0, __ATOMIC_SEQ_CST);
                 continue;
             }
             machine_eventf(m, MACHINE_EV_FAILURE, "vCPU %u: KVM_RUN failed: %s", v->index,

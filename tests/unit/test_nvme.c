@@ -1940,6 +1940,12 @@ static void test_dbbuf_migration(void **state)
     struct mig_out o1;
     mig_out_init(&o1);
     assert_int_equal(nvme_save(a->n, &o1), 0);
+    struct mig_out o1v1;
+    mig_out_init(&o1v1);
+    assert_int_equal(nvme_save_version(a->n, &o1v1, 1), 0); /* for an older target */
+    assert_int_equal(o1v1.len, o1.len);
+    assert_memory_equal(o1v1.buf, o1.buf, o1.len);
+    mig_out_free(&o1v1);
     for (uint32_t v = 1; v <= 2; v++) {
         struct env *b = env_new();
         hooks_install(b);
@@ -1967,6 +1973,11 @@ static void test_dbbuf_migration(void **state)
     assert_false(cq_take(a, &a->ioq, &c, false));
     struct mig_out o2;
     mig_out_init(&o2);
+    struct mig_out o2v1;
+    mig_out_init(&o2v1);
+    /* Version 1 cannot carry the buffers: refused, the guest stays here. */
+    assert_int_equal(nvme_save_version(a->n, &o2v1, 1), -EPROTO);
+    mig_out_free(&o2v1);
     assert_int_equal(nvme_save(a->n, &o2), 0);
     assert_int_equal(o2.len, o1.len + 16); /* the two page addresses */
     assert_int_equal(le64(o2.buf + o2.len - 16), DBS_GPA);
