@@ -419,6 +419,10 @@ void machine_debug_dump(struct machine *m)
             atomic_load(&m->stopping) ? ", stopping" : "");
     if (m->dev)
         machine_devices_debug(m);
+    /* Each running vCPU logs its own state between two KVM_RUNs (vcpu.c). */
+    for (unsigned i = 0; i < m->ncpus && m->vcpus; i++)
+        atomic_store(&m->vcpus[i].dump_due, true);
+    machine_kick(m);
 }
 
 int machine_nmi(struct machine *m)

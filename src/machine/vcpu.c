@@ -259,6 +259,51 @@ static bool vcpu_park(struct vcpu *v)
     return true;
 }
 
+static uint32_t lapic_reg(const struct kvm_lapic_state *l, unsigned off)
+{
+    uint32_t v;
+    memcpy(&v, l->regs + off, 4);
+    return v;
+}
+
+/*
+ * Logs this vCPU's state (machine_debug_dump), on its own thread between
+ * two KVM_RUNs, so no ioctl waits for the vCPU: where it is, whether it
+ * halted with interrupts on, and its local APIC's timer, pending (IRR) and
+ * in-service (ISR) vectors.
+ */
+static void vcpu_dump(struct vcpu *v)
+{
+    struct kvm_regs r;
+    struct kvm_mp_state mp = {0};
+    struct kvm_lapic_state l;
+    struct kvm_vcpu_events ev = {0};
+    if (ioctl(v->fd, KVM_GET_REGS, &r) < 0 || ioctl(v->fd, KVM_GET_MP_STATE, &mp) < 0 ||
+        ioctl(v->fd, KVM_GET_LAPIC, &l) < 0 || ioctl(v->fd, KVM_GET_VCPU_EVENTS, &ev) < 0) {
+        log_msg(LOG_WARN, "debug", "vCPU %u: cannot read its state: %s", v->index, strerror(errno));
+        return;
+    }
+    char irr[80] = "", isr[80] = "";
+    size_t ni = 0, ns = 0;
+    for (unsigned vec = 16; vec < 256; vec++) {
+        unsigned off = (vec / 32) * 16;
+        if (lapic_reg(&l, 0x200 + off) >> (vec % 32) & 1 && ni < sizeof(irr) - 6)
+            ni += (size_t)snprintf(irr + ni, sizeof(irr) - ni, " %u", vec);
+        if (lapic_reg(&l, 0x100 + off) >> (vec % 32) & 1 && ns < sizeof(isr) - 6)
+            ns += (size_t)snprintf(isr + ns, sizeof(isr) - ns, " %u", vec);
+    }
+    char inj[32] = "none";
+    if (ev.interrupt.injected)
+        snprintf(inj, sizeof(inj), "vector %u", ev.interrupt.nr);
+    log_msg(LOG_WARN, "debug",
+            "vCPU %u: rip %#llx rflags %#llx (IF %s) mp_state %u; injected interrupt %s, nmi "
+            "pending %u; LAPIC TPR %#x LVTT %#x TMICT %#x TMCCT %#x TDCR %#x; IRR%s; ISR%s",
+            v->index, (unsigned long long)r.rip, (unsigned long long)r.rflags,
+            r.rflags & 0x200 ? "on" : "off", mp.mp_state, inj, ev.nmi.pending, lapic_reg(&l, 0x80),
+            lapic_reg(&l, 0x320), lapic_reg(&l, 0x380), lapic_reg(&l, 0x390), lapic_reg(&l, 0x3e0),
+            ni ? irr : " none", ns ? isr : " none");
+}
+
 /*
  * Sleeps this vCPU's share of a throttle period (machine_throttle), in
  * steps of at most 10 ms so that a pause, a stop or the end of the
@@ -294,6 +339,8 @@ void *vcpu_thread(void *arg)
                 break;
             continue;
         }
+        if (atomic_exchange(&v->dump_due, false))
+            vcpu_dump(v);
         if (atomic_exchange(&v->throttle_due, false)) {
             vcpu_throttle_sleep(v);
             continue;

@@ -32,6 +32,7 @@ struct vcpu {
     pthread_t thread;
     bool thread_started;
     atomic_bool throttle_due; /* the throttle thread asks this vCPU to sleep its share */
+    atomic_bool dump_due;     /* machine_debug_dump asks this vCPU to log its state */
 };
 
 int vcpu_create(struct machine *m, unsigned index, struct vcpu *v);
