@@ -34,8 +34,9 @@ enum {
     MIG_TARGET_LOG,
     MIG_BANDWIDTH,
     MIG_NO_AUTO_CONVERGE,
+    MIG_AUTO_CONVERGE,
 };
-_Static_assert(MIG_NO_AUTO_CONVERGE < CLI_MAX_OPTIONS, "cella migrate has too many options");
+_Static_assert(MIG_AUTO_CONVERGE < CLI_MAX_OPTIONS, "cella migrate has too many options");
 
 /* Longest wait for a server started by --start-target to answer. */
 #define START_WAIT_S 10.0
@@ -276,6 +277,10 @@ int cli_cmd_migrate(const struct cli_command *cmd, const struct cli_args *a)
             return CLI_USAGE;
         }
     }
+    if (a->set[MIG_AUTO_CONVERGE] && a->set[MIG_NO_AUTO_CONVERGE]) {
+        cli_error("--auto-converge and --no-auto-converge contradict each other");
+        return CLI_USAGE;
+    }
     if (!a->set[MIG_START] && (a->set[MIG_TARGET_ARG] || a->set[MIG_TARGET_LOG])) {
         cli_error("--target-arg and --target-log go with --start-target");
         return CLI_USAGE;
@@ -334,14 +339,15 @@ int cli_cmd_migrate(const struct cli_command *cmd, const struct cli_args *a)
         free(text);
         return rc;
     }
-    if (a->set[MIG_DOWNTIME] || a->set[MIG_BANDWIDTH] || a->set[MIG_NO_AUTO_CONVERGE]) {
+    if (a->set[MIG_DOWNTIME] || a->set[MIG_BANDWIDTH] || a->set[MIG_NO_AUTO_CONVERGE] ||
+        a->set[MIG_AUTO_CONVERGE]) {
         json_t *s = json_object();
         if (a->set[MIG_DOWNTIME])
             json_object_set_new(s, "downtime_ms", json_integer((json_int_t)downtime_ms));
         if (a->set[MIG_BANDWIDTH])
             json_object_set_new(s, "max_bandwidth_mibps", json_integer((json_int_t)bandwidth));
-        if (a->set[MIG_NO_AUTO_CONVERGE])
-            json_object_set_new(s, "auto_converge", json_false());
+        if (a->set[MIG_NO_AUTO_CONVERGE] || a->set[MIG_AUTO_CONVERGE])
+            json_object_set_new(s, "auto_converge", json_boolean(a->set[MIG_AUTO_CONVERGE]));
         char *settings = s ? json_dumps(s, JSON_COMPACT) : NULL;
         json_decref(s);
         rc = settings ? call(&src, "PUT", "/instance/migration-settings", settings, 30000, NULL)
@@ -379,5 +385,7 @@ const struct cli_option cli_migrate_options[] = {
          "Cap the source's live passes at MIBPS MiB/s (0: no cap; the source keeps it)"},
     [MIG_NO_AUTO_CONVERGE] = {"no-auto-converge", NULL,
                               "Never throttle the guest's vCPUs (the source keeps it)"},
+    [MIG_AUTO_CONVERGE] = {"auto-converge", NULL,
+                           "Throttle a guest that dirties memory too fast again (the default)"},
     {0},
 };

@@ -433,6 +433,19 @@ def test_migration_settings_sent_to_the_source(src, dst):
     assert "throttle: vCPUs slowed by 40% (3 passes throttled)\n" in r.stdout
 
 
+def test_auto_converge_back_on(src, dst):
+    src.migration = {"migration_out": "Finish"}
+    dst.migration = {"migration_in": "Finish"}
+    src.report = lambda: dict(REPORT, migration_id=dst.migration_id)
+    r = migrate("--from", src.addr, "--to", dst.addr, "--auto-converge")
+    assert r.returncode == OK, r.stderr
+    assert [q.json() for q in src.by("PUT", "/instance/migration-settings")] == \
+        [{"auto_converge": True}]
+    r = migrate("--from", src.addr, "--to", dst.addr, "--auto-converge", "--no-auto-converge")
+    assert r.returncode == USAGE
+    assert "contradict" in r.stderr
+
+
 @pytest.mark.parametrize("value", ["-1", "x", "", "1048577"])
 def test_bad_max_bandwidth(src, value):
     r = migrate("--from", src.addr, "--to", "127.0.0.1:1", "--max-bandwidth", value)
