@@ -425,8 +425,8 @@ static uint64_t popcount(const uint64_t *bits, size_t nwords)
 
 /*
  * Auto-converge (like QEMU's): a live pass after which the guest had
- * dirtied more than half the bytes the pass sent is "high"; after two
- * high passes in a row the vCPUs are throttled (MIG_THROTTLE_INITIAL
+ * dirtied more than half the bytes the pass sent is "high"; after
+ * MIG_THROTTLE_HIGH_PASSES high passes in a row the vCPUs are throttled (MIG_THROTTLE_INITIAL
  * percent of their time taken away), and every further high pass takes
  * MIG_THROTTLE_STEP more, up to MIG_THROTTLE_MAX. The throttle ends with
  * the live passes (at the pause) or with a failure.
@@ -441,7 +441,7 @@ static int auto_converge(struct src *x, uint32_t pass, uint64_t dirty_bytes, uin
         return 0;
     }
     ++*high;
-    if (x->throttle ? x->throttle >= MIG_THROTTLE_MAX : *high < 2)
+    if (x->throttle ? x->throttle >= MIG_THROTTLE_MAX : *high < MIG_THROTTLE_HIGH_PASSES)
         return 0;
     unsigned pct = x->throttle ? x->throttle + MIG_THROTTLE_STEP : MIG_THROTTLE_INITIAL;
     if (pct > MIG_THROTTLE_MAX)

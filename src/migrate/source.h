@@ -49,9 +49,11 @@
 #define MIG_PRECOPY_MS_DEFAULT  120000
 #define MIG_CLOSE_GRACE_MS      2000
 /* Auto-converge: the first vCPU throttle, the step per pass, the ceiling (percent). */
-#define MIG_THROTTLE_INITIAL 20
-#define MIG_THROTTLE_STEP    10
-#define MIG_THROTTLE_MAX     99
+/* High passes in a row before the first throttle. */
+#define MIG_THROTTLE_HIGH_PASSES 1
+#define MIG_THROTTLE_INITIAL     20
+#define MIG_THROTTLE_STEP        10
+#define MIG_THROTTLE_MAX         99
 
 struct mig_source_config {
     uint32_t downtime_ms;      /* budget for the paused part; 0: 300 */

@@ -1173,7 +1173,7 @@ static void test_throttle_ends_on_failure(void **state)
     p.sr->side.vm.dirty_rate = 3000;
     p.sr->cfg.downtime_ms = 1;
     p.sr->cfg.max_bandwidth = 256u << 20;
-    p.sr->side.vm.reset_at_fetch = 6; /* throttled from the third pass on */
+    p.sr->side.vm.reset_at_fetch = 6; /* throttled from the second pass on */
     pair_run(&p, (struct mig_target_config){0});
     assert_int_equal(p.sr->rc, -ECANCELED);
     assert_true(p.sr->res.resumed);
