@@ -312,7 +312,10 @@ static bool intx_wanted(struct nvme_disk *n)
 /*
  * While INTx is asserted, a CQ whose head comes from a shadow doorbell
  * must have the guest ring as it consumes, or the level never drops.
- * Returns whether a head moved. cq_lock held.
+ * Returns whether a head moved. A head taken here frees room the guest
+ * will not ring about (it saw the new EventIdx), so a submission that
+ * waited for room would wait for ever: every I/O SQ is kicked again
+ * (kick_later; a queue with nothing to do ignores it). cq_lock held.
  */
 static bool intx_arm(struct nvme_disk *n)
 {
@@ -322,6 +325,9 @@ static bool intx_arm(struct nvme_disk *n)
         if (cq && cq->shadow && cq->ien && cq->head != cq->tail)
             moved |= cq_arm(n, cq);
     }
+    if (moved && n->hooks.kick_later)
+        for (uint16_t q = 1; q <= NVME_MAX_IO_QUEUES; q++)
+            n->hooks.kick_later(n->hooks.ctx, q);
     return moved;
 }
 

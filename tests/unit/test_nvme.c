@@ -1825,6 +1825,41 @@ static void test_dbbuf_intx(void **state)
     assert_int_equal(e->cq_rings, 5);
 }
 
+/*
+ * INTx: a submission waits for CQ room; the guest consumes and publishes
+ * its head, and before it checks EventIdx an admin completion re-arms the
+ * CQ (taking that head, EventIdx = head), so the guest does not ring. The
+ * controller must run the waiting SQ again by itself.
+ */
+static void test_dbbuf_intx_room_without_ring(void **state)
+{
+    struct env *e = *state;
+    dbbuf_up(e, 16, 4, false); /* the CQ holds 3 */
+    for (unsigned i = 0; i < 3; i++)
+        put_read(e, &e->ioq, i, DATA_GPA);
+    assert_true(sq_ring_shadow(e, &e->ioq));
+    assert_int_equal(e->blk->nread, 3);
+    uint16_t held = put_read(e, &e->ioq, 3, DATA_GPA);
+    sq_ring_shadow(e, &e->ioq);
+    assert_int_equal(e->blk->nread, 3); /* no room */
+    struct cqe c;
+    for (unsigned i = 0; i < 3; i++)
+        assert_true(cq_take(e, &e->ioq, &c, false));
+    slot_set(e, DBS_GPA, 1, true, e->ioq.cq_head); /* published, not yet checked */
+    unsigned rings = e->cq_rings;
+    memset(e->kick_later, 0, sizeof(e->kick_later));
+    uint32_t dw0;
+    assert_int_equal(feature(e, 0x0a, 0x07, 0, &dw0), S_OK); /* Get Features: an admin completion */
+    assert_int_equal(slot_get(e, EIS_GPA, 1, true),
+                     e->ioq.cq_head); /* so the guest skips the ring */
+    assert_int_equal(e->cq_rings, rings);
+    assert_true(e->kick_later[1] >= 1);
+    nvme_kick(e->n, 1);
+    assert_int_equal(e->blk->nread, 4);
+    assert_true(cq_take(e, &e->ioq, &c, false));
+    assert_int_equal(c.cid, held);
+}
+
 static void test_dbbuf_bad_shadow(void **state)
 {
     struct env *e = *state;
@@ -2200,6 +2235,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_dbbuf_bounded_pass, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dbbuf_cq_room, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dbbuf_intx, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dbbuf_intx_room_without_ring, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dbbuf_bad_shadow, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dbbuf_reset_clears, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dbbuf_migration, setup, teardown),
