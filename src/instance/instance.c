@@ -23,6 +23,7 @@
 #include "migrate/source.h"
 #include "migrate/target.h"
 #include "spec/spec_json.h"
+#include "common/clock.h"
 #include "common/log.h"
 #include "spec/validate.h"
 
@@ -434,9 +435,7 @@ static void test_hold(enum mig_phase ph)
         return;
     log_msg(LOG_WARN, "migrate", "holding the incoming migration %ld ms in %s (test hook)", ms,
             name);
-    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = ms % 1000 * 1000000};
-    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-        ;
+    cella_sleep_us((uint64_t)ms * 1000);
 }
 
 static void tgt_phase(void *ctx, enum mig_phase ph)
@@ -848,11 +847,7 @@ int instance_new(const struct instance_host *host, struct instance **out)
     pthread_mutex_init(&inst->m_lock, NULL);
     pthread_mutex_init(&inst->q_lock, NULL);
     pthread_cond_init(&inst->q_cond, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&inst->changed, &ca);
-    pthread_condattr_destroy(&ca);
+    cella_cond_init_monotonic(&inst->changed);
     spec_init(&inst->spec);
     int r = serial_hub_new(&inst->hub);
     if (r == 0)
@@ -1067,14 +1062,7 @@ int instance_request_state(struct instance *inst, enum instance_request req,
 
 int instance_wait(struct instance *inst, uint64_t gen, int timeout_ms, struct instance_view *out)
 {
-    struct timespec deadline;
-    clock_gettime(CLOCK_MONOTONIC, &deadline);
-    deadline.tv_sec += timeout_ms / 1000;
-    deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    if (deadline.tv_nsec >= 1000000000L) {
-        deadline.tv_sec++;
-        deadline.tv_nsec -= 1000000000L;
-    }
+    struct timespec deadline = cella_deadline_ns((uint64_t)timeout_ms * 1000000u);
     pthread_mutex_lock(&inst->lock);
     int r = 0;
     while (r == 0 && inst->ensured && inst->gen < gen && !inst->gone) {

@@ -9,9 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 #include "machine/machine_int.h"
 #include "machine/machine_mig.h"
@@ -168,11 +168,7 @@ int machine_create(const struct instance_spec *spec, const struct machine_host *
     pthread_mutex_init(&m->run_lock, NULL);
     pthread_cond_init(&m->run_cond, NULL);
     pthread_mutex_init(&m->throttle_lock, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&m->throttle_cond, &ca);
-    pthread_condattr_destroy(&ca);
+    cella_cond_init_monotonic(&m->throttle_cond);
     bus_init(&m->pio, "pio");
     bus_init(&m->mmio, "mmio");
     struct sigaction sa = {.sa_handler = on_kick};
@@ -259,11 +255,7 @@ static void *throttle_thread(void *arg)
         unsigned pct = atomic_load(&m->throttle_pct);
         if (!pct)
             break;
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        uint64_t ns = (uint64_t)ts.tv_nsec + MACHINE_THROTTLE_SLICE_NS * 100 / (100 - pct);
-        ts.tv_sec += (time_t)(ns / 1000000000u);
-        ts.tv_nsec = (long)(ns % 1000000000u);
+        struct timespec ts = cella_deadline_ns(MACHINE_THROTTLE_SLICE_NS * 100 / (100 - pct));
         if (pthread_cond_timedwait(&m->throttle_cond, &m->throttle_lock, &ts) != ETIMEDOUT)
             continue; /* changed or ended */
         for (unsigned i = 0; i < m->ncpus; i++)

@@ -516,6 +516,19 @@ static void *io_thread(void *arg)
     }
 }
 
+/* Makes n doorbell eventfds in the I/O thread's epoll set, efd[i] tagged `tag | i`. */
+static int add_doorbell_fds(struct pci_devs *pd, int *efd, unsigned n, uint64_t tag,
+                            const char *name, struct cella_errors *errs)
+{
+    for (unsigned i = 0; i < n; i++) {
+        efd[i] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        struct epoll_event ev = {.events = EPOLLIN, .data.u64 = tag | i};
+        if (efd[i] < 0 || epoll_ctl(pd->epfd, EPOLL_CTL_ADD, efd[i], &ev) < 0)
+            return cella_err(errs, -errno, "", "%s: eventfd: %s", name, strerror(errno));
+    }
+    return 0;
+}
+
 static int add_vdev(struct machine *m, struct virtio_pci *vp, struct cella_errors *errs)
 {
     struct pci_devs *pd = &m->dev->pd;
@@ -528,14 +541,10 @@ static int add_vdev(struct machine *m, struct virtio_pci *vp, struct cella_error
         v->efd[i] = -1;
         v->gpa[i] = PCI_BAR_UNMAPPED;
     }
-    for (unsigned i = 0; i < v->n; i++) {
-        v->efd[i] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-        struct epoll_event ev = {.events = EPOLLIN, .data.u64 = (uint64_t)pd->nvdev << 8 | i};
-        if (v->efd[i] < 0 || epoll_ctl(pd->epfd, EPOLL_CTL_ADD, v->efd[i], &ev) < 0)
-            return cella_err(errs, -errno, "", "%s: eventfd: %s", vp->func.name, strerror(errno));
-    }
-    pd->nvdev++;
-    return 0;
+    int r = add_doorbell_fds(pd, v->efd, v->n, (uint64_t)pd->nvdev << 8, vp->func.name, errs);
+    if (r == 0)
+        pd->nvdev++;
+    return r;
 }
 
 static int add_to_bus(struct machine *m, const struct spec_component *c, struct pci_func *f,
@@ -637,13 +646,10 @@ static int add_ndev(struct machine *m, struct nvme_disk *n, struct cella_errors 
     }
     pthread_mutex_init(&v->lock, NULL);
     pd->nndev++; /* destroy_disks_and_nics cleans up from here on */
-    for (unsigned i = 0; i < v->ndb; i++) {
-        v->efd[i] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-        struct epoll_event ev = {.events = EPOLLIN,
-                                 .data.u64 = NDEV_TAG | (uint64_t)(pd->nndev - 1) << 8 | i};
-        if (v->efd[i] < 0 || epoll_ctl(pd->epfd, EPOLL_CTL_ADD, v->efd[i], &ev) < 0)
-            return cella_err(errs, -errno, "", "%s: eventfd: %s", n->func.name, strerror(errno));
-    }
+    int r = add_doorbell_fds(pd, v->efd, v->ndb, NDEV_TAG | (uint64_t)(pd->nndev - 1) << 8,
+                             n->func.name, errs);
+    if (r < 0)
+        return r;
     struct nvme_hooks h = {
         .ctx = v, .doorbell_backing = ndev_backing, .kick_later = ndev_kick_later};
     nvme_set_hooks(n, &h);

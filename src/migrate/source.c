@@ -9,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 
 /* A pass moving less than this tells little about the link: keep the previous estimate. */
@@ -328,13 +329,8 @@ static void pace(struct src *x)
         return;
     uint64_t sent = x->st->phase[x->phase].bytes - x->pace_b0;
     uint64_t due = (uint64_t)((double)sent * 1e6 / (double)cap), spent = now_us() - x->pace_t0;
-    if (due > spent) {
-        uint64_t us = due - spent;
-        struct timespec ts = {.tv_sec = (time_t)(us / 1000000),
-                              .tv_nsec = (long)(us % 1000000) * 1000};
-        while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-            ;
-    }
+    if (due > spent)
+        cella_sleep_us(due - spent);
 }
 
 static int flush_batch(struct src *x)
@@ -426,8 +422,9 @@ static uint64_t popcount(const uint64_t *bits, size_t nwords)
 /*
  * Auto-converge (like QEMU's): a live pass after which the guest had
  * dirtied more than half the bytes the pass sent is "high"; after
- * MIG_THROTTLE_HIGH_PASSES high passes in a row the vCPUs are throttled (MIG_THROTTLE_INITIAL
- * percent of their time taken away), and every further high pass takes
+ * MIG_THROTTLE_HIGH_PASSES high passes in a row the vCPUs are throttled
+ * (MIG_THROTTLE_INITIAL percent of their time taken away), and every
+ * further high pass takes
  * MIG_THROTTLE_STEP more, up to MIG_THROTTLE_MAX. The throttle ends with
  * the live passes (at the pause) or with a failure.
  */

@@ -9,6 +9,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/clock.h"
 #include "spec/validate.h"
 
 #define FIFO_MAX     256
@@ -80,11 +81,7 @@ int instance_new(const struct instance_host *host, struct instance **out)
         return rc;
     }
     pthread_mutex_init(&in->lock, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&in->cond, &ca);
-    pthread_condattr_destroy(&ca);
+    cella_cond_init_monotonic(&in->cond);
     spec_init(&in->spec);
     in->fifo_cap = 16;
     serial_hub_set_input(in->hub, uart_input, in);
@@ -287,14 +284,7 @@ int instance_request_state(struct instance *in, enum instance_request req,
 int instance_wait(struct instance *in, uint64_t gen, int timeout_ms, struct instance_view *out)
 {
     memset(out, 0, sizeof(*out));
-    struct timespec dl;
-    clock_gettime(CLOCK_MONOTONIC, &dl);
-    dl.tv_sec += timeout_ms / 1000;
-    dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    if (dl.tv_nsec >= 1000000000L) {
-        dl.tv_sec++;
-        dl.tv_nsec -= 1000000000L;
-    }
+    struct timespec dl = cella_deadline_ns((uint64_t)timeout_ms * 1000000u);
     pthread_mutex_lock(&in->lock);
     int rc = 0;
     if (!in->exists) {
