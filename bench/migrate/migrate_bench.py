@@ -428,6 +428,8 @@ def run_cella(a, kit, scenario, seed):
                 "final_dirty_pages": report.get("final_dirty_pages"),
                 "bandwidth_MiBps": report.get("bandwidth_bps", 0) / MIB,
                 "throttle_pct": report.get("throttle_pct", 0),
+                "delta_pages": report.get("delta_pages", 0),
+                "deferred_pages": report.get("deferred_pages", 0),
                 "phases": phases, "loop_rate": rate, "check": check}
     finally:
         if a.keep_logs:
@@ -720,6 +722,10 @@ def main():
                         line += f" ({r.get('precopy_end')}"
                         if r.get("throttle_pct"):
                             line += f", vCPUs throttled {r['throttle_pct']}%"
+                        if r.get("delta_pages"):
+                            line += f", {r['delta_pages']} delta pages"
+                        if r.get("deferred_pages"):
+                            line += f", {r['deferred_pages']} deferred"
                         line += ")"
                 else:
                     line = r.get("note", "failed")

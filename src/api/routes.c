@@ -293,7 +293,8 @@ static void h_nmi(struct api_req *r)
 
 static void h_migration_settings(struct api_req *r)
 {
-    static const char *const fields[] = {"downtime_ms", "max_bandwidth_mibps", "auto_converge"};
+    static const char *const fields[] = {"downtime_ms", "max_bandwidth_mibps", "auto_converge",
+                                         "delta_cache_mib"};
     json_t *j;
     if (api_body_json(r, false, &j) < 0)
         return;
@@ -301,11 +302,12 @@ static void h_migration_settings(struct api_req *r)
     struct jptr root;
     jptr_root(&root);
     struct instance_mig_settings s = {0};
-    uint64_t ms = 0, mibps = 0;
-    int rc = cella_json_check_fields(j, fields, 3, &root, &errs);
+    uint64_t ms = 0, mibps = 0, cache_mib = 0;
+    int rc = cella_json_check_fields(j, fields, 4, &root, &errs);
     s.set_downtime = json_is_object(j) && json_object_get(j, "downtime_ms");
     s.set_bandwidth = json_is_object(j) && json_object_get(j, "max_bandwidth_mibps");
     s.set_auto_converge = json_is_object(j) && json_object_get(j, "auto_converge");
+    s.set_delta_cache = json_is_object(j) && json_object_get(j, "delta_cache_mib");
     /* Every field is checked, so one answer names every problem. */
     if (cella_json_get_uint(j, "downtime_ms", 600000, false, &root, &ms, &errs) < 0)
         rc = -EINVAL;
@@ -315,20 +317,24 @@ static void h_migration_settings(struct api_req *r)
         rc = -EINVAL;
     if (cella_json_get_bool(j, "auto_converge", false, &root, &s.auto_converge, &errs) < 0)
         rc = -EINVAL;
-    if (!(s.set_downtime || s.set_bandwidth || s.set_auto_converge))
+    if (cella_json_get_uint(j, "delta_cache_mib", 65536, false, &root, &cache_mib, &errs) < 0)
+        rc = -EINVAL;
+    if (!(s.set_downtime || s.set_bandwidth || s.set_auto_converge || s.set_delta_cache))
         rc = -EINVAL;
     json_decref(j);
     if (rc < 0) {
         api_reply_errors(r, MHD_HTTP_BAD_REQUEST, NULL,
                          "expected one or more of {\"downtime_ms\": 1..600000, "
                          "\"max_bandwidth_mibps\": 0..1048576 (0: unlimited), "
-                         "\"auto_converge\": true|false}",
+                         "\"auto_converge\": true|false, "
+                         "\"delta_cache_mib\": 0..65536 (0: no delta pages)}",
                          &errs, NULL);
         cella_errors_clear(&errs);
         return;
     }
     s.downtime_ms = (uint32_t)ms;
     s.max_bandwidth = mibps << 20;
+    s.delta_cache = cache_mib << 20;
     rc = instance_set_migration_settings(r->srv->inst, &s);
     if (rc < 0)
         api_reply_instance_error(r, rc, NULL);

@@ -36,7 +36,7 @@ struct cli_option {
     const char *help;  /* one line */
 };
 
-#define CLI_MAX_OPTIONS 11
+#define CLI_MAX_OPTIONS 12
 
 /* What the dispatcher hands a handler: operands, and options by table index. */
 struct cli_args {

@@ -35,8 +35,9 @@ enum {
     MIG_BANDWIDTH,
     MIG_NO_AUTO_CONVERGE,
     MIG_AUTO_CONVERGE,
+    MIG_DELTA_CACHE,
 };
-_Static_assert(MIG_AUTO_CONVERGE < CLI_MAX_OPTIONS, "cella migrate has too many options");
+_Static_assert(MIG_DELTA_CACHE < CLI_MAX_OPTIONS, "cella migrate has too many options");
 
 /* Longest wait for a server started by --start-target to answer. */
 #define START_WAIT_S 10.0
@@ -135,6 +136,11 @@ static void print_report(const json_t *rep)
     if (throttle)
         printf("throttle: vCPUs slowed by %lld%% (%lld passes throttled)\n", (long long)throttle,
                (long long)json_integer_value(json_object_get(rep, "throttled_passes")));
+    json_int_t delta = json_integer_value(json_object_get(rep, "delta_pages"));
+    if (delta)
+        printf("delta pages: %lld sent again as the bytes that changed (cache %lld MiB)\n",
+               (long long)delta,
+               (long long)(json_integer_value(json_object_get(rep, "delta_cache_bytes")) >> 20));
     const json_t *ph = json_object_get(rep, "phases");
     const char *name;
     const json_t *v;
@@ -277,6 +283,17 @@ int cli_cmd_migrate(const struct cli_command *cmd, const struct cli_args *a)
             return CLI_USAGE;
         }
     }
+    unsigned long delta_cache = 0;
+    if (a->set[MIG_DELTA_CACHE]) {
+        char *end;
+        delta_cache = strtoul(a->value[MIG_DELTA_CACHE], &end, 10);
+        if (*end || !a->value[MIG_DELTA_CACHE][0] || a->value[MIG_DELTA_CACHE][0] == '-' ||
+            delta_cache > 65536) {
+            cli_error("--delta-cache-mib \"%s\" is not 0..65536 (MiB, 0: no delta pages)",
+                      a->value[MIG_DELTA_CACHE]);
+            return CLI_USAGE;
+        }
+    }
     if (a->set[MIG_AUTO_CONVERGE] && a->set[MIG_NO_AUTO_CONVERGE]) {
         cli_error("--auto-converge and --no-auto-converge contradict each other");
         return CLI_USAGE;
@@ -340,7 +357,7 @@ int cli_cmd_migrate(const struct cli_command *cmd, const struct cli_args *a)
         return rc;
     }
     if (a->set[MIG_DOWNTIME] || a->set[MIG_BANDWIDTH] || a->set[MIG_NO_AUTO_CONVERGE] ||
-        a->set[MIG_AUTO_CONVERGE]) {
+        a->set[MIG_AUTO_CONVERGE] || a->set[MIG_DELTA_CACHE]) {
         json_t *s = json_object();
         if (a->set[MIG_DOWNTIME])
             json_object_set_new(s, "downtime_ms", json_integer((json_int_t)downtime_ms));
@@ -348,6 +365,8 @@ int cli_cmd_migrate(const struct cli_command *cmd, const struct cli_args *a)
             json_object_set_new(s, "max_bandwidth_mibps", json_integer((json_int_t)bandwidth));
         if (a->set[MIG_NO_AUTO_CONVERGE] || a->set[MIG_AUTO_CONVERGE])
             json_object_set_new(s, "auto_converge", json_boolean(a->set[MIG_AUTO_CONVERGE]));
+        if (a->set[MIG_DELTA_CACHE])
+            json_object_set_new(s, "delta_cache_mib", json_integer((json_int_t)delta_cache));
         char *settings = s ? json_dumps(s, JSON_COMPACT) : NULL;
         json_decref(s);
         rc = settings ? call(&src, "PUT", "/instance/migration-settings", settings, 30000, NULL)
@@ -387,5 +406,8 @@ const struct cli_option cli_migrate_options[] = {
                               "Never throttle the guest's vCPUs (the source keeps it)"},
     [MIG_AUTO_CONVERGE] = {"auto-converge", NULL,
                            "Throttle a guest that dirties memory too fast again (the default)"},
+    [MIG_DELTA_CACHE] = {"delta-cache-mib", "MIB",
+                         "Keep up to MIB MiB of sent pages to send rewritten pages as deltas "
+                         "(0: never; default a quarter of guest RAM; the source keeps it)"},
     {0},
 };

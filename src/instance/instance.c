@@ -88,6 +88,8 @@ struct instance {
     uint32_t downtime_ms;                    /* 0: the driver default (under `lock`) */
     uint64_t max_bandwidth;                  /* bytes/s, 0: unlimited (under `lock`) */
     bool no_auto_converge;                   /* under `lock` */
+    bool no_delta;                           /* under `lock` */
+    uint64_t delta_cache;                    /* bytes, 0: the default (under `lock`) */
     struct mig_target *target;               /* between stage 1 (ensure) and stage 2 (worker) */
     const struct ensure_request *target_req; /* during stage 1 only */
     struct machine *target_m;                /* what stage 1's prepare built */
@@ -507,15 +509,17 @@ static void keep_report(struct instance *inst, const char *id, const struct mig_
                                       (int)p->passes));
     }
     json_t *j = json_pack(
-        "{s:s,s:s,s:f,s:f,s:i,s:b,s:s,s:I,s:I,s:I,s:i,s:i,s:o,s:s}", "migration_id", id, "outcome",
-        mig_outcome_name(res->outcome), "blackout_ms", (double)st->blackout_us / 1e3, "total_ms",
-        (double)st->total_us / 1e3, "passes", (int)st->passes, "converged", st->converged,
-        "precopy_end", st->precopy_end ? st->precopy_end : "", "bandwidth_bps",
+        "{s:s,s:s,s:f,s:f,s:i,s:b,s:s,s:I,s:I,s:I,s:i,s:i,s:I,s:I,s:I,s:o,s:s}", "migration_id", id,
+        "outcome", mig_outcome_name(res->outcome), "blackout_ms", (double)st->blackout_us / 1e3,
+        "total_ms", (double)st->total_us / 1e3, "passes", (int)st->passes, "converged",
+        st->converged, "precopy_end", st->precopy_end ? st->precopy_end : "", "bandwidth_bps",
         (json_int_t)st->bandwidth_bps, "predicted_downtime_ms",
         (json_int_t)st->predicted_downtime_ms, "final_dirty_pages",
         (json_int_t)st->final_dirty_pages, "throttle_pct", (int)st->throttle_pct,
-        "throttled_passes", (int)st->throttled_passes, "phases", phases ? phases : json_object(),
-        "error", errs->count ? errs->items[0].message : "");
+        "throttled_passes", (int)st->throttled_passes, "delta_pages", (json_int_t)st->delta_pages,
+        "delta_cache_bytes", (json_int_t)st->delta_cache_bytes, "deferred_pages",
+        (json_int_t)st->deferred_pages, "phases", phases ? phases : json_object(), "error",
+        errs->count ? errs->items[0].message : "");
     char *text = j ? json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
     json_decref(j);
     pthread_mutex_lock(&inst->lock);
@@ -563,6 +567,8 @@ static int run_source(struct instance *inst, struct mig_out_req *rq)
     p.cfg.downtime_ms = inst->downtime_ms;
     p.cfg.max_bandwidth = inst->max_bandwidth;
     p.cfg.no_auto_converge = inst->no_auto_converge;
+    p.cfg.no_delta = inst->no_delta;
+    p.cfg.delta_cache = inst->delta_cache;
     pthread_mutex_unlock(&inst->lock);
     const char *stall = getenv("CELLA_MIGRATE_STALL_MS");
     if (stall)
@@ -666,6 +672,10 @@ int instance_set_migration_settings(struct instance *inst, const struct instance
         inst->max_bandwidth = s->max_bandwidth;
     if (ensured && s->set_auto_converge)
         inst->no_auto_converge = !s->auto_converge;
+    if (ensured && s->set_delta_cache) {
+        inst->no_delta = s->delta_cache == 0;
+        inst->delta_cache = s->delta_cache;
+    }
     pthread_mutex_unlock(&inst->lock);
     return ensured ? 0 : -ENOENT;
 }

@@ -124,10 +124,11 @@ int instance_migrate_out(struct instance *inst, const char *migration_id, int so
 /* Settings for the next outgoing migrations (cella extension); a field left unset keeps its value.
  */
 struct instance_mig_settings {
-    bool set_downtime, set_bandwidth, set_auto_converge;
+    bool set_downtime, set_bandwidth, set_auto_converge, set_delta_cache;
     uint32_t downtime_ms;   /* the paused part's budget, 1..600000 */
     uint64_t max_bandwidth; /* bytes per second for the live passes; 0: unlimited */
     bool auto_converge;     /* throttle the vCPUs of a guest that dirties faster than the link */
+    uint64_t delta_cache; /* bytes of sent pages kept to send pages again as deltas; 0: no deltas */
 };
 
 /* -ENOENT without an instance. */

@@ -284,17 +284,13 @@ int machine_dirty_start(struct machine *m)
     return 0;
 }
 
-int machine_dirty_fetch(struct machine *m, uint64_t *out)
+/* KVM's log of every slot ORed into out (the memfd's page order). */
+static int get_logs(struct machine *m, uint64_t *out)
 {
     struct machine_mig *g = m->mig;
-    if (!g || !g->tracking)
-        return -EINVAL;
-    if (atomic_load(&m->event_sent))
-        return -ECANCELED; /* the guest reset, powered off or failed: nothing to migrate */
     for (size_t i = 0; i < m->mem.nregions; i++) {
         const struct guest_mem_region *r = &m->mem.regions[i];
-        uint64_t pages = region_pages(r);
-        size_t words = (size_t)((pages + 63) / 64);
+        size_t words = (size_t)((region_pages(r) + 63) / 64);
         memset(g->slot_bits, 0, words * sizeof(uint64_t));
         struct kvm_dirty_log log = {.slot = (uint32_t)i, .dirty_bitmap = g->slot_bits};
         if (ioctl(m->vm_fd, KVM_GET_DIRTY_LOG, &log) < 0)
@@ -302,10 +298,35 @@ int machine_dirty_fetch(struct machine *m, uint64_t *out)
         uint64_t *dst = out + r->fd_offset / GUEST_PAGE_SIZE / 64;
         for (size_t w = 0; w < words; w++)
             dst[w] |= g->slot_bits[w];
-        if (g->report_all) {
-            for (uint64_t p = 0; p < pages; p++)
-                dst[p / 64] |= 1ull << (p % 64);
-        }
+    }
+    return 0;
+}
+
+int machine_dirty_peek(struct machine *m, uint64_t *out)
+{
+    struct machine_mig *g = m->mig;
+    if (!g || !g->tracking)
+        return -EINVAL;
+    if (!g->manual_enabled)
+        return -ENOTSUP;
+    return get_logs(m, out);
+}
+
+int machine_dirty_fetch(struct machine *m, uint64_t *out)
+{
+    struct machine_mig *g = m->mig;
+    if (!g || !g->tracking)
+        return -EINVAL;
+    if (atomic_load(&m->event_sent))
+        return -ECANCELED; /* the guest reset, powered off or failed: nothing to migrate */
+    int r = get_logs(m, out);
+    if (r < 0)
+        return r;
+    for (size_t i = 0; g->report_all && i < m->mem.nregions; i++) {
+        const struct guest_mem_region *rg = &m->mem.regions[i];
+        uint64_t *dst = out + rg->fd_offset / GUEST_PAGE_SIZE / 64;
+        for (uint64_t p = 0; p < region_pages(rg); p++)
+            dst[p / 64] |= 1ull << (p % 64);
     }
     g->report_all = false;
     guest_mem_dirty_take(&m->mem, out);

@@ -85,6 +85,13 @@ int machine_dirty_start(struct machine *m);
 int machine_dirty_fetch(struct machine *m, uint64_t *out);
 int machine_dirty_clear(struct machine *m, const uint64_t *bits);
 void machine_dirty_stop(struct machine *m);
+/*
+ * ORs into `out` the pages the vCPUs wrote since they were last cleared,
+ * taking nothing: a later fetch still reports them (and device writes,
+ * which only fetch reports). Only with manual protection (-ENOTSUP
+ * otherwise: KVM's GET_DIRTY_LOG would re-arm the pages itself).
+ */
+int machine_dirty_peek(struct machine *m, uint64_t *out);
 
 /*
  * Writes every payload of a paused machine. For each kind, `want` gives

@@ -43,6 +43,11 @@ static int m_dirty_clear(void *vm, const uint64_t *bits)
     return machine_dirty_clear(vm, bits);
 }
 
+static int m_dirty_peek(void *vm, uint64_t *out)
+{
+    return machine_dirty_peek(vm, out);
+}
+
 static int m_throttle(void *vm, unsigned pct)
 {
     return machine_throttle(vm, pct);
@@ -78,6 +83,7 @@ const struct mig_vm_ops mig_machine_vm_ops = {
     .dirty_fetch = m_dirty_fetch,
     .dirty_clear = m_dirty_clear,
     .dirty_stop = m_dirty_stop,
+    .dirty_peek = m_dirty_peek,
     .throttle = m_throttle,
     .save_state = m_save_state,
     .resume = m_resume,

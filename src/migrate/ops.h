@@ -34,6 +34,8 @@ struct mig_vm_ops {
     int (*dirty_fetch)(void *vm, uint64_t *out);
     int (*dirty_clear)(void *vm, const uint64_t *bits);
     void (*dirty_stop)(void *vm);
+    /* Pages written since their last clear, taking nothing (may be NULL). */
+    int (*dirty_peek)(void *vm, uint64_t *out);
     /* Lets the vCPUs run only (100 - pct) % of the time; 0 ends it (may be NULL). */
     int (*throttle)(void *vm, unsigned pct);
     int (*save_state)(void *vm, const struct mig_kind_version *want, size_t nwant, mig_emit_fn emit,
@@ -74,6 +76,9 @@ struct mig_stats {
     uint64_t final_dirty_pages;     /* pages sent while paused */
     uint32_t throttle_pct;          /* vCPU throttle (auto-converge) when the source paused */
     uint32_t throttled_passes;      /* live passes run with the vCPUs throttled */
+    uint64_t delta_pages;           /* pages sent again as deltas (version 3), unchanged ones too */
+    uint64_t delta_cache_bytes;     /* the source's cache of sent pages (0: no deltas) */
+    uint64_t deferred_pages; /* pass 1: pages left to pass 2, written again before their turn */
 };
 
 #endif

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "common/le.h"
+#include "migrate/delta.h"
 
 static const char *const phase_names[MIG_PHASE_COUNT] = {
     [MIG_PHASE_SYNC] = "Sync",        [MIG_PHASE_RAM_PUSH] = "RamPush",
@@ -34,6 +35,7 @@ static const char *const type_names[MIG_MSG_TYPE_MAX + 1] = {
     [MIG_MSG_ABORT] = "ABORT",
     [MIG_MSG_ERROR] = "ERROR",
     [MIG_MSG_RAM_PASS_APPLIED] = "RAM_PASS_APPLIED",
+    [MIG_MSG_RAM_DELTA] = "RAM_DELTA",
 };
 
 const char *mig_phase_name(enum mig_phase p)
@@ -315,6 +317,33 @@ static void dec_ram(struct dec *d, struct mig_msg_ram *r)
     d->in.pos += dlen;
 }
 
+static void dec_delta(struct dec *d, struct mig_msg_ram_delta *r)
+{
+    r->count = get_count(d, "the page count", 1, MIG_RAM_DELTA_PAGES);
+    if (d->in.failed)
+        return;
+    r->entries = d->in.buf + d->in.pos;
+    r->len = d->in.len - d->in.pos;
+    uint64_t prev = 0;
+    for (uint32_t i = 0; i < r->count; i++) {
+        uint64_t page = mig_get_u64(&d->in);
+        uint16_t len = mig_get_u16(&d->in);
+        if (d->in.failed)
+            return;
+        if (page >= MIG_RAM_MAX_BYTES / GUEST_PAGE_SIZE || (i > 0 && page <= prev)) {
+            fail(d, "%s", "pages are out of range or not ascending");
+            return;
+        }
+        prev = page;
+        if (len > MIG_DELTA_MAX || len > d->in.len - d->in.pos ||
+            !mig_delta_valid(d->in.buf + d->in.pos, len)) {
+            fail(d, "page %llu's delta is malformed", (unsigned long long)page);
+            return;
+        }
+        d->in.pos += len;
+    }
+}
+
 static void dec_device(struct dec *d, struct mig_msg_device *v)
 {
     get_cstr(d, "the payload kind", v->kind, sizeof(v->kind), CS_KIND);
@@ -390,6 +419,9 @@ int mig_msg_decode(const uint8_t *buf, size_t len, struct mig_msg *m, struct cel
     }
     case MIG_MSG_RAM_BATCH:
         dec_ram(&d, &m->u.ram);
+        break;
+    case MIG_MSG_RAM_DELTA:
+        dec_delta(&d, &m->u.delta);
         break;
     case MIG_MSG_RAM_PASS_END:
     case MIG_MSG_RAM_PASS_APPLIED:
@@ -477,6 +509,39 @@ int mig_ram_batch_encode(const struct mig_ram_batch *b, struct mig_out *o)
     return mig_out_ok(o) ? 0 : -ENOMEM;
 }
 
+bool mig_ram_delta_next(const struct mig_msg_ram_delta *r, size_t *pos, uint64_t *page,
+                        const uint8_t **delta, size_t *len)
+{
+    if (*pos >= r->len)
+        return false;
+    *page = le64(r->entries + *pos);
+    *len = le16(r->entries + *pos + 8);
+    *delta = r->entries + *pos + 10;
+    *pos += 10 + *len;
+    return true;
+}
+
+void mig_ram_delta_begin(struct mig_out *o)
+{
+    mig_put_u8(o, MIG_MSG_RAM_DELTA);
+    mig_put_u32(o, 0);
+}
+
+void mig_ram_delta_add(struct mig_out *o, uint64_t page, const uint8_t *delta, uint16_t len)
+{
+    mig_put_u64(o, page);
+    mig_put_u16(o, len);
+    mig_put_bytes(o, delta, len);
+}
+
+int mig_ram_delta_finish(struct mig_out *o, uint32_t count)
+{
+    if (!mig_out_ok(o) || o->len < 5)
+        return -ENOMEM;
+    put32(o->buf + 1, count); /* the message starts o (begin on an empty o) */
+    return 0;
+}
+
 /* ---- encoding ----------------------------------------------------------- */
 
 static int put_str(struct mig_out *o, struct mig_str s, size_t max)
@@ -550,6 +615,10 @@ static int enc_body(const struct mig_msg *m, struct mig_out *o)
         mig_put_bytes(o, r->data, (size_t)r->nnz * GUEST_PAGE_SIZE);
         return 0;
     }
+    case MIG_MSG_RAM_DELTA:
+        mig_put_u32(o, m->u.delta.count);
+        mig_put_bytes(o, m->u.delta.entries, m->u.delta.len);
+        return 0;
     case MIG_MSG_RAM_PASS_END:
     case MIG_MSG_RAM_PASS_APPLIED:
         mig_put_u32(o, m->u.pass_end.pass);

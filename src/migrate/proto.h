@@ -32,10 +32,11 @@
 /*
  * Protocol versions this build speaks, oldest first. Version 2 adds
  * RAM_PASS_APPLIED (the target acknowledges each pre-copy pass once it
- * has written it into guest RAM).
+ * has written it into guest RAM); version 3 adds RAM_DELTA (pages sent
+ * again as the bytes that changed, delta.h).
  */
 #define MIG_PROTO_VERSION_OLDEST 1
-#define MIG_PROTO_VERSION_NEWEST 2
+#define MIG_PROTO_VERSION_NEWEST 3
 
 /* Caps on what a peer may send. */
 #define MIG_MAX_VERSIONS    16           /* versions offered in HELLO */
@@ -46,6 +47,7 @@
 #define MIG_MAX_REASON      1024         /* one reason / error text */
 #define MIG_RAM_BATCH_PAGES 4096         /* pages (zero or not) per RAM_BATCH */
 #define MIG_RAM_BATCH_DATA  256          /* non-zero pages (4 KiB each) per RAM_BATCH */
+#define MIG_RAM_DELTA_PAGES 4096         /* pages per RAM_DELTA */
 #define MIG_SERIAL_CHUNK    (1u << 20)   /* bytes per SERIAL_HISTORY */
 #define MIG_BLOB_CHUNK      (4u << 20)   /* bytes per BLOB */
 #define MIG_BLOB_MAX        (48u << 20)  /* one blob backend's contents */
@@ -72,8 +74,9 @@ enum mig_msg_type {
     MIG_MSG_ABORT = 14,            /* T->S: the target will not run (after RELEASED) */
     MIG_MSG_ERROR = 15,            /* either: the sender gives up, with a reason */
     MIG_MSG_RAM_PASS_APPLIED = 16, /* T->S (v2): a pre-copy pass is in guest RAM */
+    MIG_MSG_RAM_DELTA = 17,        /* S->T (v3): pages as deltas against what was sent */
 };
-#define MIG_MSG_TYPE_MAX MIG_MSG_RAM_PASS_APPLIED
+#define MIG_MSG_TYPE_MAX MIG_MSG_RAM_DELTA
 
 /* Phases (Propolis's MigrationState names), in the order a migration goes. */
 enum mig_phase {
@@ -144,6 +147,18 @@ struct mig_msg_ram {
     const uint8_t *data; /* nnz * 4096 bytes */
 };
 
+/*
+ * RAM_DELTA body: u32 count (1..MIG_RAM_DELTA_PAGES), then count x (u64
+ * page, u16 len, len bytes: the page's delta, delta.h, len <=
+ * MIG_DELTA_MAX) with pages strictly ascending. Each delta applies to
+ * the page as the source last sent it.
+ */
+struct mig_msg_ram_delta {
+    uint32_t count;
+    const uint8_t *entries; /* the count entries, checked */
+    size_t len;
+};
+
 struct mig_msg_device {
     char kind[MIG_KIND_MAX];
     char id[MIG_ID_MAX];
@@ -176,6 +191,7 @@ struct mig_msg {
         struct mig_msg_preamble_ack ack;
         enum mig_phase phase; /* PHASE (never MIG_PHASE_ERROR) */
         struct mig_msg_ram ram;
+        struct mig_msg_ram_delta delta;
         struct {
             uint32_t pass;
             uint64_t pages;
@@ -225,6 +241,17 @@ void mig_ram_batch_reset(struct mig_ram_batch *b);
 bool mig_ram_batch_add(struct mig_ram_batch *b, uint64_t page, const uint8_t *data);
 /* Appends the RAM_BATCH message (copying page data) to o. 0 or -ENOMEM. */
 int mig_ram_batch_encode(const struct mig_ram_batch *b, struct mig_out *o);
+
+/*
+ * Iterates a decoded (valid) RAM_DELTA: *pos starts at 0; each call gives
+ * the next entry. false after the last.
+ */
+bool mig_ram_delta_next(const struct mig_msg_ram_delta *r, size_t *pos, uint64_t *page,
+                        const uint8_t **delta, size_t *len);
+/* Sending side: begin a RAM_DELTA in an empty o, add entries (ascending), finish with the count. */
+void mig_ram_delta_begin(struct mig_out *o);
+void mig_ram_delta_add(struct mig_out *o, uint64_t page, const uint8_t *delta, uint16_t len);
+int mig_ram_delta_finish(struct mig_out *o, uint32_t count);
 
 /* Whether a 4 KiB page is all zeroes. */
 bool mig_page_is_zero(const uint8_t *page);

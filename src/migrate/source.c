@@ -11,6 +11,7 @@
 
 #include "common/clock.h"
 #include "common/log.h"
+#include "migrate/delta.h"
 
 /* A pass moving less than this tells little about the link: keep the previous estimate. */
 #define BW_MIN_SAMPLE (1u << 20)
@@ -28,8 +29,17 @@ struct src {
     uint64_t npages;
     size_t nwords;
     uint64_t *bits;
-    uint64_t *holes; /* pass 1: pages the memfd never allocated (zero, not read) */
+    uint64_t *holes;   /* pass 1: pages the memfd never allocated (zero, not read) */
+    uint64_t *redirty; /* pass 1: pages written again since the pass began (dirty_peek) */
     struct mig_ram_batch *batch;
+
+    /* Delta pages (version 3): what was sent of pages sent again, and the RAM_DELTA being built. */
+    struct mig_page_cache *cache;
+    bool delta; /* pages of this pass go through the cache */
+    struct mig_out dout;
+    uint32_t dcount;
+    uint64_t hits, overflows; /* this pass: cached pages, and those whose delta was too large */
+    uint8_t dbuf[MIG_DELTA_MAX];
 
     enum mig_phase phase;
     uint64_t t0, phase_t0, t_pause;
@@ -131,16 +141,21 @@ static void take_last_words(struct src *x)
             peer_reason(x, &m);
 }
 
-static int send_out(struct src *x, const char *what)
+static int send_buf(struct src *x, const struct mig_out *o, const char *what)
 {
-    int r = mig_stream_send(x->s, x->out.buf, x->out.len);
+    int r = mig_stream_send(x->s, o->buf, o->len);
     if (r < 0) {
         take_last_words(x);
         return stream_err(x, r, what);
     }
-    x->st->phase[x->phase].bytes += x->out.len;
+    x->st->phase[x->phase].bytes += o->len;
     x->st->phase[x->phase].messages++;
     return 0;
+}
+
+static int send_out(struct src *x, const char *what)
+{
+    return send_buf(x, &x->out, what);
 }
 
 static int send_msg(struct src *x, const struct mig_msg *m)
@@ -347,19 +362,90 @@ static int flush_batch(struct src *x)
     x->st->phase[x->phase].pages += b->npages;
     x->st->phase[x->phase].zero_pages += b->npages - b->nnz;
     mig_ram_batch_reset(b);
+    if (x->cache)
+        mig_page_cache_unpin(x->cache); /* the batch's copies are on their way */
     pace(x);
     return poll_peer(x);
 }
 
+static int flush_delta(struct src *x)
+{
+    if (!x->dcount)
+        return 0;
+    if (mig_ram_delta_finish(&x->dout, x->dcount) < 0)
+        return cella_err(x->errs, -ENOMEM, "", "migration: out of memory encoding RAM");
+    int r = send_buf(x, &x->dout, "sending RAM");
+    if (r < 0)
+        return r;
+    x->st->phase[x->phase].pages += x->dcount;
+    x->dcount = 0;
+    x->dout.len = 0;
+    pace(x);
+    return poll_peer(x);
+}
+
+/* A RAM_DELTA flushes at this many bytes (or MIG_RAM_DELTA_PAGES pages). */
+#define DELTA_FLUSH_BYTES (1u << 20)
+
+/*
+ * A page sent before goes as its delta against the copy of what was sent
+ * (nothing at all if it did not change). Returns 1 if it went so, 0 if it
+ * must go whole (not cached, or its delta is too large), < 0 on failure.
+ */
+static int send_delta(struct src *x, uint64_t page, const uint8_t *live)
+{
+    uint8_t *copy = mig_page_cache_get(x->cache, page);
+    if (!copy)
+        return 0;
+    x->hits++;
+    int n = mig_delta_encode(copy, live, x->dbuf, sizeof(x->dbuf));
+    if (n < 0) {
+        x->overflows++;
+        return 0;
+    }
+    x->st->delta_pages++;
+    if (n == 0) {
+        x->st->phase[x->phase].pages++; /* the target has it as it is */
+        return 1;
+    }
+    if (!x->dcount)
+        mig_ram_delta_begin(&x->dout);
+    mig_ram_delta_add(&x->dout, page, x->dbuf, (uint16_t)n);
+    x->dcount++;
+    if (x->dcount == MIG_RAM_DELTA_PAGES || x->dout.len >= DELTA_FLUSH_BYTES) {
+        int r = flush_delta(x);
+        if (r < 0)
+            return r;
+    }
+    return 1;
+}
+
+/* Pass 1 looks at the dirty log again after this many data pages (8 MiB). */
+#define PEEK_EVERY 2048u
+
 /*
  * Sends every page set in bits (in ascending order); *count gets how many.
  * Pages set in holes (may be NULL) go as zero pages without being read.
+ * With `defer` (pass 1), a page the guest has written again since the pass
+ * began is left out: the log still has it, so pass 2 sends it (once, not
+ * twice); the log is looked at every PEEK_EVERY data pages.
+ * With x->delta, pages go through the cache: as deltas where they can,
+ * and otherwise whole from the cache's copy (which then matches what the
+ * target has, even if the guest writes the page meanwhile).
  */
-static int send_pages(struct src *x, const uint64_t *bits, const uint64_t *holes, uint64_t *count)
+static int send_pages(struct src *x, const uint64_t *bits, const uint64_t *holes, bool defer,
+                      uint64_t *count)
 {
     *count = 0;
+    uint32_t since_peek = 0;
+    defer = defer && x->redirty && x->vm->dirty_peek;
+    if (defer)
+        memset(x->redirty, 0, x->nwords * 8);
     x->pace_t0 = now_us();
     x->pace_b0 = x->st->phase[x->phase].bytes;
+    x->hits = x->overflows = 0;
+    if (x->cache)
+        mig_page_cache_pass(x->cache);
     mig_ram_batch_reset(x->batch);
     for (size_t w = 0; w < x->nwords; w++) {
         uint64_t word = bits[w];
@@ -368,19 +454,46 @@ static int send_pages(struct src *x, const uint64_t *bits, const uint64_t *holes
             word &= word - 1;
             if (page >= x->npages)
                 break;
-            const uint8_t *ptr = x->mem->base + page * GUEST_PAGE_SIZE;
-            bool hole = holes && (holes[page / 64] >> (page % 64) & 1);
-            const uint8_t *data = hole || mig_page_is_zero(ptr) ? NULL : ptr;
+            if (defer && (x->redirty[w] >> (page % 64) & 1)) {
+                x->st->deferred_pages++;
+                continue;
+            }
+            const uint8_t *ptr = x->mem->base + page * GUEST_PAGE_SIZE, *data;
+            (*count)++;
+            if (holes && (holes[page / 64] >> (page % 64) & 1)) {
+                data = NULL;
+            } else if (x->delta) {
+                int r = send_delta(x, page, ptr);
+                if (r < 0)
+                    return r;
+                if (r > 0)
+                    continue;
+                uint8_t *copy = mig_page_cache_fill(x->cache, page, ptr);
+                if (!copy) {
+                    data = mig_page_is_zero(ptr) ? NULL : ptr;
+                } else {
+                    data = mig_page_is_zero(copy) ? NULL : copy;
+                    if (!data)
+                        mig_page_cache_drop(x->cache, page);
+                }
+            } else {
+                data = mig_page_is_zero(ptr) ? NULL : ptr;
+            }
             if (!mig_ram_batch_add(x->batch, page, data)) {
                 int r = flush_batch(x);
                 if (r < 0)
                     return r;
                 mig_ram_batch_add(x->batch, page, data);
             }
-            (*count)++;
+            if (defer && data && ++since_peek >= (x->p->cfg.peek_every ?: PEEK_EVERY)) {
+                since_peek = 0;
+                if (x->vm->dirty_peek(x->p->vm, x->redirty) < 0)
+                    defer = false; /* no peeking here: send everything */
+            }
         }
     }
-    return flush_batch(x);
+    int r = flush_batch(x);
+    return r < 0 ? r : flush_delta(x);
 }
 
 static int pass_end(struct src *x, uint32_t pass, uint64_t pages)
@@ -420,20 +533,18 @@ static uint64_t popcount(const uint64_t *bits, size_t nwords)
 }
 
 /*
- * Auto-converge (like QEMU's): a live pass after which the guest had
- * dirtied more than half the bytes the pass sent is "high"; after
+ * Auto-converge (like QEMU's): a live pass after which the dirty pages
+ * would take more than half the pass's time to send is "high"; after
  * MIG_THROTTLE_HIGH_PASSES high passes in a row the vCPUs are throttled
  * (MIG_THROTTLE_INITIAL percent of their time taken away), and every
- * further high pass takes
- * MIG_THROTTLE_STEP more, up to MIG_THROTTLE_MAX. The throttle ends with
- * the live passes (at the pause) or with a failure.
+ * further high pass takes MIG_THROTTLE_STEP more, up to MIG_THROTTLE_MAX.
+ * The throttle ends with the live passes (at the pause) or with a failure.
  */
-static int auto_converge(struct src *x, uint32_t pass, uint64_t dirty_bytes, uint64_t sent_bytes,
-                         unsigned *high)
+static int auto_converge(struct src *x, uint32_t pass, bool high_pass, unsigned *high)
 {
     if (x->p->cfg.no_auto_converge || !x->vm->throttle || pass < 2)
         return 0;
-    if (dirty_bytes <= sent_bytes / 2) {
+    if (!high_pass) {
         *high = 0;
         return 0;
     }
@@ -447,11 +558,53 @@ static int auto_converge(struct src *x, uint32_t pass, uint64_t dirty_bytes, uin
     if (r < 0)
         return vm_err(x, r, "cannot throttle the vCPUs");
     log_msg(LOG_INFO, "migrate",
-            "pass %u: the guest dirtied %" PRIu64 " bytes while %" PRIu64
-            " were sent; vCPUs throttled by %u%%",
-            pass, dirty_bytes, sent_bytes, pct);
+            "pass %u: the guest dirtied pages faster than half the link's pace; vCPUs throttled "
+            "by %u%%",
+            pass, pct);
     x->throttle = pct;
     return 0;
+}
+
+/*
+ * Before pass 2 (version 3, unless turned off): the cache that lets pages
+ * sent again go as deltas. Pass 1 is not cached: most of what it sends is
+ * never written again.
+ */
+static void delta_start(struct src *x)
+{
+    const struct mig_source_config *c = &x->p->cfg;
+    if (x->cache || c->no_delta || x->st->version < 3)
+        return;
+    uint64_t bytes = c->delta_cache;
+    if (!bytes) {
+        bytes = x->mem->size / 4;
+        bytes = bytes < MIG_DELTA_CACHE_MIN   ? MIG_DELTA_CACHE_MIN
+                : bytes > MIG_DELTA_CACHE_MAX ? MIG_DELTA_CACHE_MAX
+                                              : bytes;
+    }
+    x->cache = mig_page_cache_new(x->npages, bytes);
+    if (!x->cache) {
+        log_msg(LOG_WARN, "migrate",
+                "no memory for a delta cache of %" PRIu64 " bytes; pages go whole", bytes);
+        return;
+    }
+    x->delta = true;
+    x->st->delta_cache_bytes = mig_page_cache_slots(x->cache) * GUEST_PAGE_SIZE;
+}
+
+/* After a pass: a guest whose pages do not compress (more than half the deltas too large) gets
+ * none. */
+static void delta_review(struct src *x, uint32_t pass)
+{
+    if (!x->delta || x->hits < 256 || x->overflows * 2 <= x->hits)
+        return;
+    log_msg(LOG_INFO, "migrate",
+            "pass %u: %" PRIu64 " of %" PRIu64 " pages sent again changed too much for a delta; "
+            "pages go whole from now on",
+            pass, x->overflows, x->hits);
+    x->delta = false;
+    mig_page_cache_free(x->cache);
+    x->cache = NULL;
 }
 
 static void unthrottle(struct src *x)
@@ -502,8 +655,8 @@ static int precopy(struct src *x)
             holes = x->holes;
         uint64_t t = now_us();
         uint64_t bytes0 = x->st->phase[x->phase].bytes, sent;
-        if ((r = send_pages(x, x->bits, holes, &sent)) < 0 || (r = pass_end(x, pass, sent)) < 0 ||
-            (r = pass_applied(x, pass)) < 0)
+        if ((r = send_pages(x, x->bits, holes, pass == 1, &sent)) < 0 ||
+            (r = pass_end(x, pass, sent)) < 0 || (r = pass_applied(x, pass)) < 0)
             return r;
         uint64_t dt = now_us() - t, db = x->st->phase[x->phase].bytes - bytes0;
         if (!dt)
@@ -516,9 +669,24 @@ static int precopy(struct src *x)
         if ((r = x->vm->dirty_fetch(x->p->vm, x->bits)) < 0)
             return vm_err(x, r, "cannot read the dirty log");
         uint64_t dirty = popcount(x->bits, x->nwords);
-        uint64_t predicted = dirty * GUEST_PAGE_SIZE * 1000 / bw;
+        /*
+         * The final pass's time: at the link's bandwidth, 4 KiB a page; with
+         * deltas, at this pass's time per page (most go as a few bytes, so
+         * reading and comparing them is what takes the time).
+         */
+        uint64_t predicted_us = dirty * GUEST_PAGE_SIZE * 1000000 / bw;
+        bool delta_pass = x->delta;
+        delta_review(x, pass);
+        if (delta_pass && x->delta && sent)
+            predicted_us = dirty * dt / sent;
+        uint64_t predicted = predicted_us / 1000;
         x->st->bandwidth_bps = bw;
         x->st->predicted_downtime_ms = predicted;
+        log_msg(LOG_INFO, "migrate",
+                "pass %u: %" PRIu64 " pages, %" PRIu64 " bytes in %" PRIu64 " ms (%" PRIu64
+                " cached, %" PRIu64 " too changed for a delta); %" PRIu64
+                " pages dirty, the final pass would take %" PRIu64 " ms",
+                pass, sent, db, dt / 1000, x->hits, x->overflows, dirty, predicted);
         const char *why = NULL;
         if (dirty == 0)
             why = "no dirty pages";
@@ -534,9 +702,10 @@ static int precopy(struct src *x)
             x->st->throttle_pct = x->throttle;
             return 0;
         }
-        if ((r = auto_converge(x, pass, dirty * GUEST_PAGE_SIZE, db, &high)) < 0)
+        if ((r = auto_converge(x, pass, predicted_us * 2 > dt, &high)) < 0)
             return r;
         x->st->throttled_passes += x->throttle != 0;
+        delta_start(x);
     }
 }
 
@@ -554,7 +723,7 @@ static int final_ram(struct src *x)
     if ((r = x->vm->dirty_fetch(x->p->vm, x->bits)) < 0)
         return vm_err(x, r, "cannot read the dirty log");
     uint64_t sent;
-    if ((r = send_pages(x, x->bits, NULL, &sent)) < 0)
+    if ((r = send_pages(x, x->bits, NULL, false, &sent)) < 0)
         return r;
     x->st->final_dirty_pages = sent;
     return pass_end(x, x->st->passes + 1, sent);
@@ -770,6 +939,7 @@ int mig_source_run(struct mig_stream *s, const struct mig_source_params *p,
     res->resumed = true;
     struct src x = {.p = p, .vm = p->vm_ops, .s = s, .res = res, .st = &res->stats, .errs = errs};
     mig_out_init(&x.out);
+    mig_out_init(&x.dout);
     x.t0 = x.phase_t0 = now_us();
     if (p->cfg.total_timeout_ms)
         x.deadline = x.t0 + (uint64_t)p->cfg.total_timeout_ms * 1000;
@@ -782,7 +952,8 @@ int mig_source_run(struct mig_stream *s, const struct mig_source_params *p,
         x.npages = x.mem->size / GUEST_PAGE_SIZE;
         x.nwords = (size_t)((x.npages + 63) / 64);
         x.bits = calloc(x.nwords, 8);
-        x.holes = calloc(x.nwords, 8); /* optional: NULL only costs reads */
+        x.holes = calloc(x.nwords, 8);   /* optional: NULL only costs reads */
+        x.redirty = calloc(x.nwords, 8); /* optional: NULL only sends pages twice */
         x.batch = malloc(sizeof(*x.batch));
         r = x.bits && x.batch ? run(&x) : cella_err(errs, -ENOMEM, "", "migration: out of memory");
     }
@@ -811,7 +982,10 @@ int mig_source_run(struct mig_stream *s, const struct mig_source_params *p,
     res->stats.total_us = now_us() - x.t0;
     free(x.bits);
     free(x.holes);
+    free(x.redirty);
     free(x.batch);
     mig_out_free(&x.out);
+    mig_out_free(&x.dout);
+    mig_page_cache_free(x.cache);
     return r;
 }

@@ -54,6 +54,9 @@
 #define MIG_THROTTLE_INITIAL     20
 #define MIG_THROTTLE_STEP        10
 #define MIG_THROTTLE_MAX         99
+/* The default delta cache: a quarter of guest RAM, within these bounds (bytes). */
+#define MIG_DELTA_CACHE_MIN (4ull << 20)
+#define MIG_DELTA_CACHE_MAX (1ull << 30)
 
 struct mig_source_config {
     uint32_t downtime_ms;      /* budget for the paused part; 0: 300 */
@@ -63,6 +66,9 @@ struct mig_source_config {
     int stall_ms;              /* peer silence that ends the migration; 0: 30 s */
     uint64_t max_bandwidth;    /* bytes per second for the live passes; 0: unlimited */
     bool no_auto_converge;     /* never throttle the vCPUs (auto-converge is on by default) */
+    bool no_delta;             /* never send pages as deltas (on by default with version 3) */
+    uint64_t delta_cache;      /* bytes of sent pages kept for deltas; 0: guest RAM / 4, capped */
+    uint32_t peek_every;       /* pass 1 peeks at the dirty log every N data pages; 0: 2048 */
     bool fail_exports;         /* failure injector: device export fails */
 };
 

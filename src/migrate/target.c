@@ -10,6 +10,7 @@
 #include <time.h>
 
 #include "common/log.h"
+#include "migrate/delta.h"
 
 #define PATH_MAX_LEN 200
 
@@ -412,6 +413,33 @@ static int ram_batch(struct mig_target *t, const struct mig_msg_ram *r)
     return 0;
 }
 
+/*
+ * Version 3: pages as deltas against what the source sent before, so only
+ * pages this target already received (and were not zero pages since).
+ * Checked whole before any is applied.
+ */
+static int ram_delta(struct mig_target *t, const struct mig_msg_ram_delta *r)
+{
+    size_t pos = 0, len;
+    uint64_t pg;
+    const uint8_t *d;
+    while (mig_ram_delta_next(r, &pos, &pg, &d, &len)) {
+        if (pg >= t->npages || !(t->seen[pg / 64] >> (pg % 64) & 1))
+            return cella_err(t->errs, -EPROTO, "",
+                             "migration: the source sent a delta for page %llu, which it never "
+                             "sent whole",
+                             (unsigned long long)pg);
+    }
+    pos = 0;
+    while (mig_ram_delta_next(r, &pos, &pg, &d, &len)) {
+        mig_delta_apply(t->mem->base + pg * GUEST_PAGE_SIZE, d, len);
+        if (t->zero)
+            t->zero[pg / 64] &= ~(1ull << (pg % 64));
+    }
+    t->st.phase[t->phase].pages += r->count;
+    return 0;
+}
+
 static int device(struct mig_target *t, const struct mig_msg_device *d)
 {
     const struct mig_kind_version *k = NULL;
@@ -537,6 +565,10 @@ static bool allowed(const struct mig_target *t, enum mig_msg_type type)
     switch (type) {
     case MIG_MSG_PHASE:
         return t->phase < MIG_PHASE_FINISH;
+    case MIG_MSG_RAM_DELTA:
+        if (t->version < 3)
+            return false;
+        /* fall through */
     case MIG_MSG_RAM_BATCH:
     case MIG_MSG_RAM_PASS_END:
         return t->phase == MIG_PHASE_RAM_PUSH || t->phase == MIG_PHASE_RAM_PUSH_DIRTY;
@@ -580,6 +612,9 @@ static int receive_state(struct mig_target *t)
             break;
         case MIG_MSG_RAM_BATCH:
             r = ram_batch(t, &m->u.ram);
+            break;
+        case MIG_MSG_RAM_DELTA:
+            r = ram_delta(t, &m->u.delta);
             break;
         case MIG_MSG_RAM_PASS_END:
             t->st.phase[t->phase].passes++;

@@ -108,8 +108,11 @@ CELLA_PATHS = {
                        "default 300); max_bandwidth_mibps, a cap on the live passes' rate in "
                        "MiB/s (0, the default: none; the paused pass is never held back); "
                        "auto_converge, whether the source may throttle the vCPUs of a guest "
-                       "that dirties memory faster than the link carries it (default true). "
-                       "A field left out keeps its value.",
+                       "that dirties memory faster than the link carries it (default true); "
+                       "delta_cache_mib, the memory the source may use to keep copies of pages "
+                       "it sent so pages the guest writes again go as the bytes that changed "
+                       "(protocol version 3; default a quarter of guest RAM, at most 1024; "
+                       "0: pages always go whole). A field left out keeps its value.",
         "requestBody": {"required": True, "content": {"application/json": {"schema": {
             "type": "object", "x-cella": True, "minProperties": 1,
             "additionalProperties": False,
@@ -117,7 +120,9 @@ CELLA_PATHS = {
                                            "maximum": 600000},
                            "max_bandwidth_mibps": {"type": "integer", "minimum": 0,
                                                    "maximum": 1048576},
-                           "auto_converge": {"type": "boolean"}}}}}},
+                           "auto_converge": {"type": "boolean"},
+                           "delta_cache_mib": {"type": "integer", "minimum": 0,
+                                               "maximum": 65536}}}}}},
         "responses": {"204": {"description": "set"},
                       "4XX": {"$ref": "#/components/responses/Error"},
                       "5XX": {"$ref": "#/components/responses/Error"}},
@@ -143,6 +148,9 @@ CELLA_PATHS = {
                     "final_dirty_pages": {"type": "integer"}, "error": {"type": "string"},
                     "throttle_pct": {"type": "integer"},
                     "throttled_passes": {"type": "integer"},
+                    "delta_pages": {"type": "integer"},
+                    "delta_cache_bytes": {"type": "integer"},
+                    "deferred_pages": {"type": "integer"},
                     "phases": {"type": "object", "additionalProperties": {
                         "type": "object", "properties": {
                             "ms": {"type": "number"}, "bytes": {"type": "integer"},

@@ -434,7 +434,10 @@ def test_migration_settings(api):
     api.put("/instance/migration-settings", json={"auto_converge": False}, expect=204)
     api.put("/instance/migration-settings",
             json={"downtime_ms": 5, "max_bandwidth_mibps": 0, "auto_converge": True}, expect=204)
+    api.put("/instance/migration-settings", json={"delta_cache_mib": 0}, expect=204)
+    api.put("/instance/migration-settings", json={"delta_cache_mib": 512}, expect=204)
     for bad in ({"downtime_ms": 0}, {"downtime_ms": 700000}, {"downtime": 5}, {},
+                {"delta_cache_mib": -1}, {"delta_cache_mib": 65537}, {"delta_cache_mib": "1G"},
                 {"max_bandwidth_mibps": -1}, {"max_bandwidth_mibps": 2 << 20},
                 {"auto_converge": 1}, {"downtime_ms": 10, "auto_converge": "yes"}):
         api.put("/instance/migration-settings", json=bad, expect=400)

@@ -446,6 +446,26 @@ def test_auto_converge_back_on(src, dst):
     assert "contradict" in r.stderr
 
 
+def test_delta_cache_sent_to_the_source(src, dst):
+    src.migration = {"migration_out": "Finish"}
+    dst.migration = {"migration_in": "Finish"}
+    src.report = lambda: dict(REPORT, migration_id=dst.migration_id, delta_pages=65000,
+                              delta_cache_bytes=256 << 20)
+    r = migrate("--from", src.addr, "--to", dst.addr, "--delta-cache-mib", "0")
+    assert r.returncode == OK, r.stderr
+    assert [q.json() for q in src.by("PUT", "/instance/migration-settings")] == \
+        [{"delta_cache_mib": 0}]
+    assert "delta pages: 65000 sent again as the bytes that changed (cache 256 MiB)\n" in r.stdout
+
+
+@pytest.mark.parametrize("value", ["-1", "x", "", "65537"])
+def test_bad_delta_cache(src, value):
+    r = migrate("--from", src.addr, "--to", "127.0.0.1:1", "--delta-cache-mib", value)
+    assert r.returncode == USAGE
+    assert "--delta-cache-mib" in r.stderr and "0..65536" in r.stderr
+    assert src.requests == []
+
+
 @pytest.mark.parametrize("value", ["-1", "x", "", "1048577"])
 def test_bad_max_bandwidth(src, value):
     r = migrate("--from", src.addr, "--to", "127.0.0.1:1", "--max-bandwidth", value)

@@ -9,9 +9,11 @@
  * version mismatch, preamble refusal).
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -26,6 +28,7 @@
 
 #include "common/le.h"
 #include "common/sha1.h"
+#include "migrate/delta.h"
 #include "migrate/proto.h"
 #include "migrate/source.h"
 #include "migrate/stream.h"
@@ -536,6 +539,10 @@ struct fake_vm {
     int fetches;
     unsigned throttle, max_throttle; /* auto-converge: the current and the highest throttle */
     int throttle_calls;
+    uint32_t rewrite_pages; /* pages [0, n) rewritten whole at each dirty fetch while running */
+    uint8_t rewrites;
+    atomic_bool stop_writer; /* set by pause: a writer thread stops */
+    int peeks;
 };
 
 static void fake_init(struct fake_vm *v, uint64_t npages, bool source)
@@ -592,6 +599,7 @@ static int f_pause(void *vm)
     v->paused = true;
     v->running = false;
     v->pauses++;
+    atomic_store(&v->stop_writer, true);
     return 0;
 }
 
@@ -628,9 +636,14 @@ static int f_dirty_fetch(void *vm, uint64_t *out)
             v->ram[p * 4096 + rnd(v) % 4096] = (uint8_t)rnd(v);
             v->dirty[p / 64] |= 1ull << (p % 64);
         }
+        v->rewrites++;
+        for (uint64_t p = 0; p < v->rewrite_pages && p < v->npages; p++) {
+            memset(v->ram + p * 4096, 0x11 * (v->rewrites % 15 + 1), 4096);
+            v->dirty[p / 64] |= 1ull << (p % 64);
+        }
     }
     for (uint64_t w = 0; w < (v->npages + 63) / 64; w++)
-        out[w] |= v->dirty[w];
+        out[w] |= __atomic_load_n(&v->dirty[w], __ATOMIC_ACQUIRE);
     return 0;
 }
 
@@ -638,7 +651,7 @@ static int f_dirty_clear(void *vm, const uint64_t *bits)
 {
     struct fake_vm *v = vm;
     for (uint64_t w = 0; w < (v->npages + 63) / 64; w++)
-        v->dirty[w] &= ~bits[w];
+        __atomic_fetch_and(&v->dirty[w], ~bits[w], __ATOMIC_ACQ_REL);
     return 0;
 }
 
@@ -650,6 +663,16 @@ static int f_throttle(void *vm, unsigned pct)
     v->throttle_calls++;
     if (pct > v->max_throttle)
         v->max_throttle = pct;
+    return 0;
+}
+
+static int f_dirty_peek(void *vm, uint64_t *out)
+{
+    struct fake_vm *v = vm;
+    assert_true(v->tracking);
+    v->peeks++;
+    for (uint64_t w = 0; w < (v->npages + 63) / 64; w++)
+        out[w] |= __atomic_load_n(&v->dirty[w], __ATOMIC_ACQUIRE);
     return 0;
 }
 
@@ -706,6 +729,7 @@ static const struct mig_vm_ops fake_ops = {
     .pause = f_pause,
     .dirty_start = f_dirty_start,
     .dirty_fetch = f_dirty_fetch,
+    .dirty_peek = f_dirty_peek,
     .dirty_clear = f_dirty_clear,
     .dirty_stop = f_dirty_stop,
     .throttle = f_throttle,
@@ -1085,6 +1109,7 @@ static void test_convergence_max_passes(void **state)
     p.sr->cfg.max_passes = 4;
     p.sr->cfg.max_bandwidth = 256u << 20;
     p.sr->cfg.no_auto_converge = true;
+    p.sr->cfg.no_delta = true; /* the bandwidth model: 4 KiB a page */
     pair_run(&p, (struct mig_target_config){0});
     assert_int_equal(p.sr->rc, 0);
     assert_int_equal(p.t_run, 0);
@@ -1110,6 +1135,7 @@ static void test_convergence_time_limit(void **state)
     p.sr->cfg.precopy_ms = 100;
     p.sr->cfg.max_bandwidth = 256u << 20;
     p.sr->cfg.no_auto_converge = true;
+    p.sr->cfg.no_delta = true; /* the bandwidth model: 4 KiB a page */
     pair_run(&p, (struct mig_target_config){0});
     assert_int_equal(p.sr->rc, 0);
     assert_string_equal(p.sr->res.stats.precopy_end, "time limit");
@@ -1131,6 +1157,7 @@ static void test_auto_converge(void **state)
     p.sr->side.vm.dirty_rate = 3000;
     p.sr->cfg.downtime_ms = 10;
     p.sr->cfg.max_bandwidth = 256u << 20; /* 10 ms: about 650 dirty pages */
+    p.sr->cfg.no_delta = true;            /* the bandwidth model: 4 KiB a page */
     pair_run(&p, (struct mig_target_config){0});
     assert_committed(&p);
     const struct mig_stats *st = &p.sr->res.stats;
@@ -1155,6 +1182,7 @@ static void test_auto_converge_off(void **state)
     p.sr->cfg.max_passes = 12;
     p.sr->cfg.max_bandwidth = 256u << 20;
     p.sr->cfg.no_auto_converge = true;
+    p.sr->cfg.no_delta = true; /* the bandwidth model: 4 KiB a page */
     pair_run(&p, (struct mig_target_config){0});
     assert_committed(&p);
     assert_false(p.sr->res.stats.converged);
@@ -1174,6 +1202,7 @@ static void test_throttle_ends_on_failure(void **state)
     p.sr->cfg.downtime_ms = 1;
     p.sr->cfg.max_bandwidth = 256u << 20;
     p.sr->side.vm.reset_at_fetch = 6; /* throttled from the second pass on */
+    p.sr->cfg.no_delta = true;        /* the bandwidth model: 4 KiB a page */
     pair_run(&p, (struct mig_target_config){0});
     assert_int_equal(p.sr->rc, -ECANCELED);
     assert_true(p.sr->res.resumed);
@@ -1297,6 +1326,282 @@ static void test_preamble_refused(void **state)
     assert_true(ptr);
     assert_source_resumed(&p);
     assert_int_equal(p.sr->side.vm.pauses, 0);
+    pair_free(&p);
+}
+
+/* ---- delta pages ---------------------------------------------------------- */
+
+static void test_delta_codec(void **state)
+{
+    (void)state;
+    static uint8_t page[4096], old[4096], target[4096], out[MIG_DELTA_MAX];
+    uint32_t seed = 7;
+    for (int round = 0; round < 200; round++) {
+        for (int i = 0; i < 4096; i++) {
+            seed = seed * 1103515245u + 12345u;
+            page[i] = (uint8_t)(seed >> 16);
+        }
+        memcpy(old, page, 4096);
+        memcpy(target, page, 4096);
+        /* a few scattered changes, at word edges and inside words */
+        int changes = round % 40;
+        for (int k = 0; k < changes; k++) {
+            seed = seed * 1103515245u + 12345u;
+            page[(seed >> 8) % 4096] ^= (uint8_t)(1 + (seed >> 24) % 255);
+        }
+        int n = mig_delta_encode(old, page, out, sizeof(out));
+        assert_true(n >= 0);
+        assert_true(mig_delta_valid(out, (size_t)n));
+        assert_memory_equal(old, page, 4096); /* the copy follows what was emitted */
+        mig_delta_apply(target, out, (size_t)n);
+        assert_memory_equal(target, page, 4096);
+        if (changes == 0)
+            assert_int_equal(n, 0);
+    }
+    /* The first and last words; an unchanged page is an empty delta. */
+    memset(old, 0, 4096);
+    memset(page, 0, 4096);
+    page[0] = 1;
+    page[4095] = 2;
+    int n = mig_delta_encode(old, page, out, sizeof(out));
+    assert_int_equal(n, 2 * (4 + 8));
+    assert_int_equal(mig_delta_encode(old, page, out, sizeof(out)), 0);
+    /* A page that changed everywhere does not fit. */
+    memset(page, 0x5a, 4096);
+    assert_int_equal(mig_delta_encode(old, page, out, sizeof(out)), -1);
+
+    /* Malformed deltas. */
+    uint8_t d[16] = {0};
+    assert_true(mig_delta_valid(d, 0));
+    put16(d, 0);
+    put16(d + 2, 0);
+    assert_false(mig_delta_valid(d, 4)); /* an empty run */
+    put16(d, 4095);
+    put16(d + 2, 2);
+    assert_false(mig_delta_valid(d, 6)); /* past the page */
+    put16(d, 4094);
+    assert_true(mig_delta_valid(d, 6));
+    assert_false(mig_delta_valid(d, 5)); /* truncated data */
+    assert_false(mig_delta_valid(d, 3)); /* truncated header */
+    put16(d, 65535);
+    put16(d + 2, 1);
+    assert_false(mig_delta_valid(d, 5));
+    /* two runs: 4000 + 1, then 94 + 1 ends at the last byte; 95 + 1 is one past */
+    put16(d, 4000);
+    put16(d + 2, 1);
+    put16(d + 5, 94);
+    put16(d + 7, 1);
+    assert_true(mig_delta_valid(d, 10));
+    put16(d + 5, 95);
+    assert_false(mig_delta_valid(d, 10));
+
+    /* RAM_DELTA messages: round trip and what the decoder refuses. */
+    struct mig_out o;
+    mig_out_init(&o);
+    mig_ram_delta_begin(&o);
+    uint8_t one[12];
+    put16(one, 8);
+    put16(one + 2, 8);
+    memset(one + 4, 7, 8);
+    mig_ram_delta_add(&o, 5, one, 12);
+    mig_ram_delta_add(&o, 9, NULL, 0);
+    assert_int_equal(mig_ram_delta_finish(&o, 2), 0);
+    struct mig_msg m;
+    assert_int_equal(decode(o.buf, o.len, &m), 0);
+    assert_int_equal(m.type, MIG_MSG_RAM_DELTA);
+    assert_int_equal(m.u.delta.count, 2);
+    size_t pos = 0, len;
+    uint64_t pg;
+    const uint8_t *dd;
+    assert_true(mig_ram_delta_next(&m.u.delta, &pos, &pg, &dd, &len));
+    assert_true(pg == 5 && len == 12 && dd[4] == 7);
+    assert_true(mig_ram_delta_next(&m.u.delta, &pos, &pg, &dd, &len));
+    assert_true(pg == 9 && len == 0);
+    assert_false(mig_ram_delta_next(&m.u.delta, &pos, &pg, &dd, &len));
+    struct mig_msg back;
+    roundtrip(&m, &back);
+    static const struct {
+        uint64_t page2;
+        uint16_t len1;
+        uint32_t count;
+        const char *why;
+    } bad[] = {
+        {5, 12, 2, "not ascending"}, {1ull << 40, 12, 2, "out of range"},
+        {9, 11, 2, "malformed"},     {9, 12, 3, "truncated"},
+        {9, 12, 0, "page count"},    {9, 12, 1, "bytes follow"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        o.len = 0;
+        mig_ram_delta_begin(&o);
+        mig_ram_delta_add(&o, 5, one, bad[i].len1);
+        mig_ram_delta_add(&o, bad[i].page2, NULL, 0);
+        assert_int_equal(mig_ram_delta_finish(&o, bad[i].count), 0);
+        struct cella_errors errs = {0};
+        assert_int_equal(mig_msg_decode(o.buf, o.len, &m, &errs), -EPROTO);
+        if (!errs_have(&errs, bad[i].why)) {
+            dump_errs("decode", &errs);
+            fail_msg("case %zu: no \"%s\"", i, bad[i].why);
+        }
+        cella_errors_clear(&errs);
+    }
+    mig_out_free(&o);
+}
+
+static void test_page_cache(void **state)
+{
+    (void)state;
+    static uint8_t live[4096];
+    struct mig_page_cache *c = mig_page_cache_new(1 << 20, 0);
+    assert_non_null(c);
+    assert_int_equal(mig_page_cache_slots(c), MIG_CACHE_MIN_PAGES);
+    assert_null(mig_page_cache_get(c, 3));
+    memset(live, 3, 4096);
+    uint8_t *a = mig_page_cache_fill(c, 3, live);
+    assert_ptr_equal(mig_page_cache_get(c, 3), a);
+    assert_int_equal(a[100], 3);
+    assert_null(mig_page_cache_fill(c, 1 << 20, live)); /* beyond guest RAM */
+    /*
+     * A guest writing twice as many pages as the cache holds, pass after
+     * pass: the pages cached first stay (each pass hits them), the rest go
+     * uncached, and nothing cached moves while pinned.
+     */
+    uint64_t n = 2 * MIG_CACHE_MIN_PAGES;
+    for (int pass = 0; pass < 3; pass++) {
+        mig_page_cache_pass(c);
+        uint64_t hits = 0, fills = 0;
+        for (uint64_t p = 10; p < 10 + n; p++) {
+            uint8_t *copy = mig_page_cache_get(c, p);
+            hits += copy != NULL;
+            live[0] = (uint8_t)(p + pass);
+            if (!copy && (copy = mig_page_cache_fill(c, p, live)) != NULL) {
+                fills++;
+                assert_int_equal(copy[0], (uint8_t)(p + pass));
+            }
+            if (p % 100 == 0)
+                mig_page_cache_unpin(c);
+        }
+        if (pass == 0)
+            assert_int_equal(fills, MIG_CACHE_MIN_PAGES - 1); /* page 3 holds one slot */
+        else if (pass == 1) /* page 3, unused for two passes, gives its slot up */
+            assert_true(hits == MIG_CACHE_MIN_PAGES - 1 && fills == 1);
+        else
+            assert_true(hits == MIG_CACHE_MIN_PAGES && fills == 0);
+    }
+    assert_int_equal(mig_page_cache_used(c), MIG_CACHE_MIN_PAGES);
+    /* Pages not used for two passes make room. */
+    mig_page_cache_pass(c);
+    mig_page_cache_pass(c);
+    assert_non_null(mig_page_cache_fill(c, 1, live));
+    mig_page_cache_drop(c, 1);
+    assert_null(mig_page_cache_get(c, 1));
+    mig_page_cache_drop(c, 5); /* not cached: nothing */
+    assert_int_equal(mig_page_cache_used(c), MIG_CACHE_MIN_PAGES - 1);
+    /* Pinned copies are not taken even when nothing else is free. */
+    mig_page_cache_pass(c);
+    mig_page_cache_pass(c);
+    for (uint64_t p = 100000; p < 100000 + MIG_CACHE_MIN_PAGES / 2; p++) {
+        live[0] = (uint8_t)p;
+        assert_non_null(mig_page_cache_fill(c, p, live));
+    }
+    for (uint64_t p = 100000; p < 100000 + MIG_CACHE_MIN_PAGES / 2; p++)
+        assert_int_equal(mig_page_cache_get(c, p)[0], (uint8_t)p);
+    mig_page_cache_free(c);
+}
+
+/* The "guest" of the delta test: bumps words of its hot pages while it runs, like memtouch. */
+struct writer {
+    struct fake_vm *vm;
+    uint64_t first, pages;
+    pthread_t th;
+    uint64_t writes;
+};
+
+static void *writer_main(void *arg)
+{
+    struct writer *w = arg;
+    uint32_t seed = 99;
+    while (!atomic_load(&w->vm->stop_writer)) {
+        seed = seed * 1103515245u + 12345u;
+        uint64_t p = w->first + (seed >> 8) % w->pages, off = (uint64_t)((seed >> 4) % 8) * 64;
+        uint64_t *word = (uint64_t *)(void *)(w->vm->ram + p * 4096 + off);
+        __atomic_store_n(word, __atomic_load_n(word, __ATOMIC_RELAXED) + 1, __ATOMIC_RELAXED);
+        /* Marked dirty after the write, as a re-armed write-protect fault would. */
+        __atomic_fetch_or(&w->vm->dirty[p / 64], 1ull << (p % 64), __ATOMIC_RELEASE);
+        w->writes++;
+    }
+    return NULL;
+}
+
+/*
+ * Pages written again go as deltas while a thread keeps writing them
+ * under the encoder (it stops at the pause): RAM ends the same on both
+ * sides. Pass 1 leaves the written pages at the end of RAM to pass 2.
+ */
+static void test_delta_pages(void **state)
+{
+    (void)state;
+    struct pair p;
+    pair_init(&p);
+    struct writer *w = calloc(1, sizeof(*w));
+    w->vm = &p.sr->side.vm;
+    w->first = RAM_PAGES - 512;
+    w->pages = 512;
+    p.sr->cfg.peek_every = 256;
+    p.sr->cfg.max_bandwidth = 256u << 20; /* pass 1 does not fit the budget */
+    p.sr->cfg.downtime_ms = 1;
+    p.sr->cfg.max_passes = 8;
+    p.sr->cfg.no_auto_converge = true;
+    assert_int_equal(pthread_create(&w->th, NULL, writer_main, w), 0);
+    pair_run(&p, (struct mig_target_config){0});
+    atomic_store(&p.sr->side.vm.stop_writer, true);
+    pthread_join(w->th, NULL);
+    assert_committed(&p);
+    const struct mig_stats *st = &p.sr->res.stats;
+    printf("delta test: %u passes (%s), %" PRIu64 " delta pages, %" PRIu64 " deferred, %" PRIu64
+           " writes\n",
+           st->passes, st->precopy_end, st->delta_pages, st->deferred_pages, w->writes);
+    assert_int_equal(st->version, 3);
+    assert_true(st->delta_pages > 0);
+    assert_true(st->delta_cache_bytes >= (uint64_t)MIG_CACHE_MIN_PAGES * 4096);
+    assert_true(w->writes > 0);
+    assert_true(p.sr->side.vm.peeks >= 1);
+    assert_true(st->deferred_pages > 0);
+    free(w);
+    pair_free(&p);
+}
+
+/* A version 2 target: no deltas, the same RAM. */
+static void test_delta_needs_v3(void **state)
+{
+    (void)state;
+    struct pair p;
+    pair_init(&p);
+    p.sr->side.vm.dirty_rate = 500;
+    p.sr->cfg.downtime_ms = 1;
+    p.sr->cfg.max_passes = 4;
+    pair_run(&p, (struct mig_target_config){.max_version = 2});
+    assert_committed(&p);
+    assert_int_equal(p.sr->res.stats.version, 2);
+    assert_true(p.sr->res.stats.delta_pages == 0);
+    assert_true(p.sr->res.stats.delta_cache_bytes == 0);
+    pair_free(&p);
+}
+
+/* A guest whose pages change wholesale: deltas are given up after one pass. */
+static void test_delta_gives_up(void **state)
+{
+    (void)state;
+    struct pair p;
+    pair_init(&p);
+    p.sr->side.vm.rewrite_pages = 1024; /* each fetch rewrites these pages whole */
+    p.sr->cfg.downtime_ms = 1;
+    p.sr->cfg.max_passes = 5;
+    p.sr->cfg.no_auto_converge = true;
+    pair_run(&p, (struct mig_target_config){0});
+    assert_committed(&p);
+    const struct mig_stats *st = &p.sr->res.stats;
+    assert_true(st->delta_cache_bytes > 0);
+    assert_true(st->delta_pages == 0);
     pair_free(&p);
 }
 
@@ -1743,30 +2048,35 @@ static void test_target_validates(void **state)
     struct mig_out o;
     mig_out_init(&o);
     struct mig_msg *m = calloc(1, sizeof(*m));
-    m->type = MIG_MSG_HELLO_ACK;
-    m->u.version = 1;
-    put_msg(&o, m);
-    memset(m, 0, sizeof(*m));
-    m->type = MIG_MSG_PREAMBLE;
-    m->u.preamble.spec_json = mig_str_of(spec_json);
-    m->u.preamble.ram_bytes = 64 * 4096;
-    put_msg(&o, m);
-    size_t sync_len = o.len;
     static const struct {
         enum mig_msg_type type;
         uint64_t page;
         enum mig_phase phase;
         const char *why;
+        uint32_t version;
     } cases[] = {
-        {MIG_MSG_RAM_BATCH, 64, MIG_PHASE_RAM_PUSH, "guest RAM has 64"},
-        {MIG_MSG_RAM_BATCH, 0, MIG_PHASE_SYNC, "RAM_BATCH in phase Sync"},
-        {MIG_MSG_PHASE, 0, MIG_PHASE_DEVICE, "cannot follow"},
-        {MIG_MSG_COMMIT, 0, MIG_PHASE_RAM_PUSH, "COMMIT in phase RamPush"},
+        {MIG_MSG_RAM_BATCH, 64, MIG_PHASE_RAM_PUSH, "guest RAM has 64", 1},
+        {MIG_MSG_RAM_BATCH, 0, MIG_PHASE_SYNC, "RAM_BATCH in phase Sync", 1},
+        {MIG_MSG_PHASE, 0, MIG_PHASE_DEVICE, "cannot follow", 1},
+        {MIG_MSG_COMMIT, 0, MIG_PHASE_RAM_PUSH, "COMMIT in phase RamPush", 1},
+        /* Deltas: only in version 3, and only for pages the target has. */
+        {MIG_MSG_RAM_DELTA, 3, MIG_PHASE_RAM_PUSH, "RAM_DELTA in phase RamPush", 2},
+        {MIG_MSG_RAM_DELTA, 3, MIG_PHASE_RAM_PUSH, "page 3, which it never sent whole", 3},
+        {MIG_MSG_RAM_DELTA, 64, MIG_PHASE_RAM_PUSH, "page 64, which it never sent whole", 3},
     };
     static uint8_t zero_bit = 1;
-    uint8_t runs[12];
+    uint8_t runs[12], delta[14];
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        o.len = sync_len;
+        o.len = 0;
+        memset(m, 0, sizeof(*m));
+        m->type = MIG_MSG_HELLO_ACK;
+        m->u.version = cases[i].version;
+        put_msg(&o, m);
+        memset(m, 0, sizeof(*m));
+        m->type = MIG_MSG_PREAMBLE;
+        m->u.preamble.spec_json = mig_str_of(spec_json);
+        m->u.preamble.ram_bytes = 64 * 4096;
+        put_msg(&o, m);
         if (cases[i].phase != MIG_PHASE_SYNC) {
             memset(m, 0, sizeof(*m));
             m->type = MIG_MSG_PHASE;
@@ -1780,6 +2090,11 @@ static void test_target_validates(void **state)
             put32(runs + 8, 1);
             m->u.ram =
                 (struct mig_msg_ram){.nruns = 1, .npages = 1, .runs = runs, .zero = &zero_bit};
+        }
+        if (m->type == MIG_MSG_RAM_DELTA) {
+            put64(delta, cases[i].page);
+            put16(delta + 8, 0);
+            m->u.delta = (struct mig_msg_ram_delta){.count = 1, .entries = delta, .len = 10};
         }
         if (m->type == MIG_MSG_PHASE)
             m->u.phase = MIG_PHASE_DEVICE;
@@ -1845,6 +2160,11 @@ int main(void)
         cmocka_unit_test(test_tcp_migration),
         cmocka_unit_test(test_tcp_refused),
         cmocka_unit_test(test_target_validates),
+        cmocka_unit_test(test_delta_codec),
+        cmocka_unit_test(test_page_cache),
+        cmocka_unit_test(test_delta_pages),
+        cmocka_unit_test(test_delta_needs_v3),
+        cmocka_unit_test(test_delta_gives_up),
     };
     int r = cmocka_run_group_tests(tests, NULL, NULL);
     free(blob_data);
