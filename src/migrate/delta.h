@@ -33,7 +33,8 @@
  * would exceed cap (old is then partly updated: the caller must replace
  * the whole copy, mig_page_cache_fill).
  */
-int mig_delta_encode(uint8_t *old, const uint8_t *page, uint8_t *out, size_t cap);
+int mig_delta_encode(uint8_t *old, const uint8_t *page, uint8_t *out,
+                     size_t cap); /* page: 8-aligned */
 
 /* Whether d[0..len) is a well-formed delta for a 4 KiB page. */
 bool mig_delta_valid(const uint8_t *d, size_t len);

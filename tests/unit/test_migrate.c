@@ -1334,7 +1334,8 @@ static void test_preamble_refused(void **state)
 static void test_delta_codec(void **state)
 {
     (void)state;
-    static uint8_t page[4096], old[4096], target[4096], out[MIG_DELTA_MAX];
+    static uint8_t page[4096] __attribute__((aligned(8))), old[4096], target[4096],
+        out[MIG_DELTA_MAX];
     uint32_t seed = 7;
     for (int round = 0; round < 200; round++) {
         for (int i = 0; i < 4096; i++) {
