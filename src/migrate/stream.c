@@ -57,6 +57,11 @@ struct mig_stream {
     struct inmsg *head, *tail;
     size_t queued;     /* bytes in the queue */
     struct inmsg *cur; /* returned by the last recv */
+    /* The message being received (wslay does not buffer: no_buffering). */
+    struct inmsg *asm_msg;
+    size_t asm_cap;
+    bool in_ctrl;  /* the frame being received is a control frame (wslay keeps those) */
+    bool oversize; /* a fragmented message grew over max_msg */
 
     uint64_t last_progress; /* ms, monotonic */
     uint64_t sent, received;
@@ -196,6 +201,62 @@ static int genmask_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, voi
     return 0;
 }
 
+/*
+ * Messages are put together here rather than by wslay (no_buffering): each
+ * chunk of a frame's payload is copied once, straight into the message
+ * that gets queued, instead of into wslay's chunks, then a flattened copy,
+ * then ours. The size cap covers the whole message (wslay checks each
+ * frame against it; a fragmented message is checked here).
+ */
+static void on_frame_start(wslay_event_context_ptr ctx,
+                           const struct wslay_event_on_frame_recv_start_arg *arg, void *user)
+{
+    struct mig_stream *s = user;
+    s->in_ctrl = (arg->opcode & 0x8) != 0;
+    if (s->in_ctrl)
+        return;
+    if (arg->opcode == WSLAY_TEXT_FRAME) {
+        s->proto_text = true;
+        wslay_event_shutdown_read(ctx);
+        return;
+    }
+    size_t have = s->asm_msg ? s->asm_msg->len : 0;
+    if (arg->payload_length > s->max_msg - have) {
+        s->oversize = true;
+        wslay_event_shutdown_read(ctx);
+        return;
+    }
+    size_t need = have + (size_t)arg->payload_length;
+    struct inmsg *m = realloc(s->asm_msg, sizeof(*m) + need);
+    if (!m) {
+        s->cb_why = "out of memory for a message";
+        wslay_event_shutdown_read(ctx);
+        return;
+    }
+    if (!s->asm_msg) {
+        m->next = NULL;
+        m->len = 0;
+    }
+    s->asm_msg = m;
+    s->asm_cap = need;
+}
+
+static void on_frame_chunk(wslay_event_context_ptr ctx,
+                           const struct wslay_event_on_frame_recv_chunk_arg *arg, void *user)
+{
+    struct mig_stream *s = user;
+    /* wslay finishes the frame it is in after a callback stopped reading: ignore the rest. */
+    if (s->in_ctrl || !s->asm_msg || !arg->data_length || !wslay_event_get_read_enabled(ctx))
+        return;
+    if (arg->data_length > s->asm_cap - s->asm_msg->len) { /* wslay keeps to the frame's length */
+        s->cb_why = "a frame carried more than its length";
+        wslay_event_shutdown_read(ctx);
+        return;
+    }
+    memcpy(s->asm_msg->data + s->asm_msg->len, arg->data, arg->data_length);
+    s->asm_msg->len += arg->data_length;
+}
+
 static void on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg *arg,
                    void *user)
 {
@@ -205,18 +266,15 @@ static void on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_
         wslay_event_shutdown_read(ctx);
         return;
     }
-    if (arg->opcode != WSLAY_BINARY_FRAME || s->discard)
-        return; /* ping/pong/close: wslay answers; closing: dropped */
-    struct inmsg *m = malloc(sizeof(*m) + arg->msg_length);
-    if (!m) {
-        s->cb_why = "out of memory for a message";
-        wslay_event_shutdown_read(ctx);
+    if (arg->opcode != WSLAY_BINARY_FRAME)
+        return; /* ping/pong/close: wslay answers */
+    struct inmsg *m = s->asm_msg;
+    s->asm_msg = NULL;
+    s->asm_cap = 0;
+    if (!m || s->discard || !wslay_event_get_read_enabled(ctx)) { /* closing, or failed: dropped */
+        free(m);
         return;
     }
-    m->next = NULL;
-    m->len = arg->msg_length;
-    if (arg->msg_length)
-        memcpy(m->data, arg->msg, arg->msg_length);
     if (s->tail)
         s->tail->next = m;
     else
@@ -278,6 +336,8 @@ static int make(int fd, bool own_fd, const void *early, size_t early_len, bool c
         .recv_callback = recv_cb,
         .send_callback = send_cb,
         .genmask_callback = genmask_cb,
+        .on_frame_recv_start_callback = on_frame_start,
+        .on_frame_recv_chunk_callback = on_frame_chunk,
         .on_msg_recv_callback = on_msg,
     };
     int r = client ? wslay_event_context_client_init(&s->ctx, &cb, s)
@@ -288,6 +348,7 @@ static int make(int fd, bool own_fd, const void *early, size_t early_len, bool c
         return -ENOMEM;
     }
     wslay_event_config_set_max_recv_msg_length(s->ctx, s->max_msg);
+    wslay_event_config_set_no_buffering(s->ctx, 1);
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     set_peer(s);
@@ -369,6 +430,7 @@ void mig_stream_free(struct mig_stream *s)
     if (s->fd >= 0 && s->own_fd)
         close(s->fd);
     free(s->cur);
+    free(s->asm_msg);
     while (s->head) {
         struct inmsg *n = s->head->next;
         free(s->head);
@@ -402,6 +464,8 @@ static int read_ended(struct mig_stream *s)
         return fail(s, -ECONNRESET, "%s", s->cb_why);
     if (s->proto_text)
         return fail(s, -EPROTO, "the peer sent a text message (the protocol is binary)");
+    if (s->oversize)
+        return fail(s, -EPROTO, "the peer sent a message over %zu bytes", s->max_msg);
     if (wslay_event_get_close_received(s->ctx)) {
         uint16_t code = wslay_event_get_status_code_received(s->ctx);
         if (code == WSLAY_CODE_MESSAGE_TOO_BIG)

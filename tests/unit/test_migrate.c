@@ -1897,6 +1897,33 @@ static void test_stream_basics(void **state)
     mig_stream_free(srv);
     close(sv[1]);
 
+    /*
+     * A fragmented message with a ping between its frames arrives whole;
+     * one that grows over the cap is refused (masked client frames by hand).
+     */
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    assert_int_equal(mig_stream_server(sv[0], true, NULL, 0, &srv), 0);
+    static const uint8_t frags[] = {0x02, 0x82, 0, 0,   0,    0,    'a', 'b', 0x89, 0x81, 0,
+                                    0,    0,    0, 'p', 0x80, 0x81, 0,   0,   0,    0,    'c'};
+    assert_int_equal(write(sv[1], frags, sizeof(frags)), (ssize_t)sizeof(frags));
+    int fr = mig_stream_recv(srv, &buf, &len);
+    if (fr)
+        printf("fragmented: %s\n", mig_stream_error(srv));
+    assert_int_equal(fr, 0);
+    assert_int_equal(len, 3);
+    assert_memory_equal(buf, "abc", 3);
+    mig_stream_set_max_msg(srv, 4);
+    static const uint8_t over[] = {0x02, 0x83, 0, 0, 0, 0, 'a', 'b', 'c',
+                                   0x80, 0x83, 0, 0, 0, 0, 'd', 'e', 'f'};
+    assert_int_equal(write(sv[1], over, sizeof(over)), (ssize_t)sizeof(over));
+    fr = mig_stream_recv(srv, &buf, &len);
+    if (fr == 0)
+        printf("over: got %zu bytes %.*s\n", len, (int)len, (const char *)buf);
+    assert_int_equal(fr, -EPROTO);
+    assert_non_null(strstr(mig_stream_error(srv), "over 4 bytes"));
+    mig_stream_free(srv);
+    close(sv[1]);
+
     /* A borrowed socket stays open after the stream is freed. */
     assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
     assert_int_equal(mig_stream_server(sv[0], false, NULL, 0, &srv), 0);
