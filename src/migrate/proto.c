@@ -6,6 +6,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/uio.h>
 
 #include "common/le.h"
 #include "migrate/delta.h"
@@ -540,6 +541,20 @@ int mig_ram_delta_finish(struct mig_out *o, uint32_t count)
         return -ENOMEM;
     put32(o->buf + 1, count); /* the message starts o (begin on an empty o) */
     return 0;
+}
+
+size_t mig_ram_batch_iov(struct mig_ram_batch *b, struct iovec *iov)
+{
+    b->head[0] = MIG_MSG_RAM_BATCH;
+    put32(b->head + 1, b->nruns);
+    put32(b->head + 5, b->npages);
+    size_t n = 0;
+    iov[n++] = (struct iovec){b->head, sizeof(b->head)};
+    iov[n++] = (struct iovec){b->runs, (size_t)b->nruns * 12};
+    iov[n++] = (struct iovec){b->zero, ((size_t)b->npages + 7) / 8};
+    for (uint32_t i = 0; i < b->nnz; i++)
+        iov[n++] = (struct iovec){(void *)(uintptr_t)b->data[i], GUEST_PAGE_SIZE};
+    return n;
 }
 
 /* ---- encoding ----------------------------------------------------------- */

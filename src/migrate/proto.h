@@ -235,12 +235,21 @@ struct mig_ram_batch {
     uint8_t runs[MIG_RAM_BATCH_PAGES * 12];
     uint8_t zero[MIG_RAM_BATCH_PAGES / 8];
     const uint8_t *data[MIG_RAM_BATCH_DATA];
+    uint8_t head[9]; /* mig_ram_batch_iov: type, nruns, npages */
 };
 void mig_ram_batch_reset(struct mig_ram_batch *b);
 /* false if the batch is full (or page not ascending): encode it, reset, add again. */
 bool mig_ram_batch_add(struct mig_ram_batch *b, uint64_t page, const uint8_t *data);
 /* Appends the RAM_BATCH message (copying page data) to o. 0 or -ENOMEM. */
 int mig_ram_batch_encode(const struct mig_ram_batch *b, struct mig_out *o);
+/*
+ * The same message as pieces without copying: header, runs, zero bitmap,
+ * then each page's data where it lies. Fills iov (MIG_RAM_BATCH_IOV
+ * entries at most) and returns how many it used.
+ */
+#define MIG_RAM_BATCH_IOV (3 + MIG_RAM_BATCH_DATA)
+struct iovec;
+size_t mig_ram_batch_iov(struct mig_ram_batch *b, struct iovec *iov);
 
 /*
  * Iterates a decoded (valid) RAM_DELTA: *pos starts at 0; each call gives

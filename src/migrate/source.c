@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/uio.h>
 #include <time.h>
 
 #include "common/clock.h"
@@ -348,22 +349,31 @@ static void pace(struct src *x)
         cella_sleep_us(due - spent);
 }
 
+/*
+ * Sends the batch straight from where its pages lie (guest RAM, or the
+ * delta cache's pinned copies), without copying them into a message.
+ */
 static int flush_batch(struct src *x)
 {
     struct mig_ram_batch *b = x->batch;
     if (!b->npages)
         return 0;
-    x->out.len = 0;
-    if (mig_ram_batch_encode(b, &x->out) < 0)
-        return cella_err(x->errs, -ENOMEM, "", "migration: out of memory encoding RAM");
-    int r = send_out(x, "sending RAM");
-    if (r < 0)
-        return r;
+    struct iovec iov[MIG_RAM_BATCH_IOV];
+    size_t n = mig_ram_batch_iov(b, iov), len = 0;
+    for (size_t i = 0; i < n; i++)
+        len += iov[i].iov_len;
+    int r = mig_stream_sendv(x->s, iov, n);
+    if (r < 0) {
+        take_last_words(x);
+        return stream_err(x, r, "sending RAM");
+    }
+    x->st->phase[x->phase].bytes += len;
+    x->st->phase[x->phase].messages++;
     x->st->phase[x->phase].pages += b->npages;
     x->st->phase[x->phase].zero_pages += b->npages - b->nnz;
     mig_ram_batch_reset(b);
     if (x->cache)
-        mig_page_cache_unpin(x->cache); /* the batch's copies are on their way */
+        mig_page_cache_unpin(x->cache); /* the batch's copies are with the kernel */
     pace(x);
     return poll_peer(x);
 }

@@ -19,6 +19,7 @@
 #include <strings.h>
 #include <sys/random.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 #include <wslay/wslay.h>
@@ -40,6 +41,7 @@ struct inmsg {
 struct mig_stream {
     int fd;
     bool own_fd;
+    bool client; /* frames we send are masked */
     wslay_event_context_ptr ctx;
     /*
      * Read-ahead: bytes taken from the socket (first those the handshake
@@ -308,6 +310,8 @@ static int make(int fd, bool own_fd, const void *early, size_t early_len, bool c
 {
     *out = NULL;
     struct mig_stream *s = calloc(1, sizeof(*s));
+    if (s)
+        s->client = client;
     int fl = fcntl(fd, F_GETFL);
     if (!s || fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) {
         int e = s ? -errno : -ENOMEM;
@@ -561,6 +565,127 @@ static int pump(struct mig_stream *s, enum want w, bool block)
         if ((p.revents & (POLLHUP | POLLERR)) && !can_read && !can_write)
             return fail(s, -ECONNRESET, "the connection broke");
     }
+}
+
+/*
+ * Waits (poll) until the socket takes more or something arrives, reading
+ * what arrives (so two peers that both send never deadlock), for at most
+ * the stall timeout without progress. Used while writing a frame by hand:
+ * wslay only reads here (any answer it queues waits until the frame is out).
+ */
+static int wait_writable(struct mig_stream *s)
+{
+    for (;;) {
+        if (s->err)
+            return s->err;
+        if (atomic_load(&s->cancelled))
+            return fail(s, -ECANCELED, "cancelled");
+        bool can_read = wslay_event_get_read_enabled(s->ctx) && s->queued < queue_cap(s);
+        if (can_read && s->early_off < s->early_len) {
+            if (do_recv(s) < 0)
+                return s->err;
+            continue;
+        }
+        int timeout = -1;
+        if (s->stall_ms > 0) {
+            uint64_t idle = now_ms() - s->last_progress;
+            if (idle >= (uint64_t)s->stall_ms)
+                return fail(s, -ETIMEDOUT, "the peer made no progress for %d ms", s->stall_ms);
+            timeout = (int)((uint64_t)s->stall_ms - idle);
+        }
+        struct pollfd p = {.fd = s->fd, .events = (short)(POLLOUT | (can_read ? POLLIN : 0))};
+        int n = poll(&p, 1, timeout);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return fail(s, -errno, "poll failed");
+        if (n == 0)
+            continue;
+        if ((p.revents & POLLIN) && can_read && do_recv(s) < 0)
+            return s->err;
+        if (p.revents & (POLLOUT | POLLERR | POLLHUP))
+            return 0; /* the next sendmsg says which */
+    }
+}
+
+/* One unmasked binary frame (server role), header then the pieces, by sendmsg. */
+static int send_frame_direct(struct mig_stream *s, const struct iovec *iov, size_t n, size_t len)
+{
+    uint8_t hdr[10];
+    size_t hl = 2;
+    hdr[0] = 0x80 | WSLAY_BINARY_FRAME; /* FIN */
+    if (len < 126) {
+        hdr[1] = (uint8_t)len;
+    } else if (len <= UINT16_MAX) {
+        hdr[1] = 126;
+        hdr[2] = (uint8_t)(len >> 8);
+        hdr[3] = (uint8_t)len;
+        hl = 4;
+    } else {
+        hdr[1] = 127;
+        for (int i = 0; i < 8; i++)
+            hdr[2 + i] = (uint8_t)((uint64_t)len >> (56 - 8 * i));
+        hl = 10;
+    }
+    struct iovec v[MIG_STREAM_MAX_IOV + 1];
+    v[0] = (struct iovec){hdr, hl};
+    memcpy(v + 1, iov, n * sizeof(*iov));
+    struct iovec *cur = v;
+    size_t cnt = n + 1;
+    while (cnt) {
+        struct msghdr mh = {.msg_iov = cur, .msg_iovlen = cnt};
+        ssize_t w = sendmsg(s->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w > 0) {
+            s->sent += (uint64_t)w;
+            s->last_progress = now_ms();
+            size_t k = (size_t)w;
+            while (cnt && k >= cur->iov_len) {
+                k -= cur->iov_len;
+                cur++;
+                cnt--;
+            }
+            if (cnt) {
+                cur->iov_base = (uint8_t *)cur->iov_base + k;
+                cur->iov_len -= k;
+            }
+            continue;
+        }
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
+            return fail(s, -ECONNRESET, "send error (the peer is gone)");
+        int r = wait_writable(s);
+        if (r < 0)
+            return r;
+    }
+    return 0;
+}
+
+int mig_stream_sendv(struct mig_stream *s, const struct iovec *iov, size_t n)
+{
+    if (s->err)
+        return s->err;
+    size_t len = 0;
+    for (size_t i = 0; i < n; i++)
+        len += iov[i].iov_len;
+    if (s->memory) {
+        s->sent += len;
+        return 0;
+    }
+    if (!s->client && n <= MIG_STREAM_MAX_IOV && !wslay_event_want_write(s->ctx) &&
+        wslay_event_get_write_enabled(s->ctx))
+        return send_frame_direct(s, iov, n, len);
+    uint8_t *buf = malloc(len ? len : 1);
+    if (!buf)
+        return fail(s, -ENOMEM, "out of memory queueing a message");
+    size_t off = 0;
+    for (size_t i = 0; i < n; i++) {
+        memcpy(buf + off, iov[i].iov_base, iov[i].iov_len);
+        off += iov[i].iov_len;
+    }
+    int r = mig_stream_send(s, buf, len);
+    free(buf);
+    return r;
 }
 
 int mig_stream_send(struct mig_stream *s, const void *buf, size_t len)

@@ -85,6 +85,17 @@ void mig_stream_set_max_msg(struct mig_stream *s, size_t max);
 int mig_stream_send(struct mig_stream *s, const void *buf, size_t len);
 
 /*
+ * Sends one message made of the n (<= MIG_STREAM_MAX_IOV) pieces of iov, in
+ * order, and returns once all of it was handed to the kernel (the pieces
+ * may be reused then). In the server role, when nothing else is waiting to
+ * be sent, the frame goes out straight from the pieces (sendmsg, no copy);
+ * otherwise they are joined and sent like mig_stream_send. 0 or -errno.
+ */
+#define MIG_STREAM_MAX_IOV 512
+struct iovec;
+int mig_stream_sendv(struct mig_stream *s, const struct iovec *iov, size_t n);
+
+/*
  * Receives the next message. *buf stays valid until the next recv,
  * try_recv or free. 0; -ECONNRESET when the peer closed (cleanly or not);
  * -ETIMEDOUT on a stall; -EPROTO on a protocol violation; -errno.
