@@ -501,6 +501,26 @@ static int do_send(struct mig_stream *s)
 }
 
 /* Moves bytes until `w` holds; blocks (poll) only if `block`. */
+/*
+ * One poll for p's events, bounded by what is left of the stall timeout:
+ * 1 (p->revents set), 0 to look again (interrupted, or timed out: the next
+ * call fails with the stall), or a failure.
+ */
+static int poll_stall(struct mig_stream *s, struct pollfd *p)
+{
+    int timeout = -1;
+    if (s->stall_ms > 0) {
+        uint64_t idle = now_ms() - s->last_progress;
+        if (idle >= (uint64_t)s->stall_ms)
+            return fail(s, -ETIMEDOUT, "the peer made no progress for %d ms", s->stall_ms);
+        timeout = (int)((uint64_t)s->stall_ms - idle);
+    }
+    int n = poll(p, 1, timeout);
+    if (n < 0 && errno != EINTR)
+        return fail(s, -errno, "poll failed");
+    return n > 0;
+}
+
 static int pump(struct mig_stream *s, enum want w, bool block)
 {
     for (;;) {
@@ -542,22 +562,13 @@ static int pump(struct mig_stream *s, enum want w, bool block)
             }
             return -EAGAIN;
         }
-        int timeout = -1;
-        if (s->stall_ms > 0) {
-            uint64_t idle = now_ms() - s->last_progress;
-            if (idle >= (uint64_t)s->stall_ms)
-                return fail(s, -ETIMEDOUT, "the peer made no progress for %d ms", s->stall_ms);
-            timeout = (int)((uint64_t)s->stall_ms - idle);
-        }
         struct pollfd p = {.fd = s->fd,
                            .events = (short)((can_read ? POLLIN : 0) | (can_write ? POLLOUT : 0))};
-        int n = poll(&p, 1, timeout);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            return fail(s, -errno, "poll failed");
-        if (n == 0)
-            continue; /* the stall check above decides */
+        int r = poll_stall(s, &p);
+        if (r < 0)
+            return r;
+        if (r == 0)
+            continue; /* the stall check decides */
         if ((p.revents & (POLLIN | POLLHUP | POLLERR)) && can_read && do_recv(s) < 0)
             return s->err;
         if ((p.revents & (POLLOUT | POLLERR | POLLHUP)) && can_write && do_send(s) < 0)
@@ -586,20 +597,11 @@ static int wait_writable(struct mig_stream *s)
                 return s->err;
             continue;
         }
-        int timeout = -1;
-        if (s->stall_ms > 0) {
-            uint64_t idle = now_ms() - s->last_progress;
-            if (idle >= (uint64_t)s->stall_ms)
-                return fail(s, -ETIMEDOUT, "the peer made no progress for %d ms", s->stall_ms);
-            timeout = (int)((uint64_t)s->stall_ms - idle);
-        }
         struct pollfd p = {.fd = s->fd, .events = (short)(POLLOUT | (can_read ? POLLIN : 0))};
-        int n = poll(&p, 1, timeout);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            return fail(s, -errno, "poll failed");
-        if (n == 0)
+        int r = poll_stall(s, &p);
+        if (r < 0)
+            return r;
+        if (r == 0)
             continue;
         if ((p.revents & POLLIN) && can_read && do_recv(s) < 0)
             return s->err;
