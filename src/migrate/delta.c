@@ -9,9 +9,10 @@
 #include "common/le.h"
 #include "machine/guest_mem.h"
 
-#define WORDS   (GUEST_PAGE_SIZE / 8)
-#define RUN_HDR 4u
-#define NO_PAGE UINT64_MAX
+#define WORDS          (GUEST_PAGE_SIZE / 8)
+#define RUN_HDR        4u
+#define NO_PAGE        UINT64_MAX
+#define POPULATE_SLOTS 512u /* 2 MiB */
 
 int mig_delta_encode(uint8_t *old, const uint8_t *page, uint8_t *out, size_t cap)
 {
@@ -121,6 +122,8 @@ struct mig_page_cache *mig_page_cache_new(uint64_t npages, uint64_t bytes)
                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (c->data == MAP_FAILED)
         c->data = NULL;
+    else
+        madvise(c->data, c->data_len, MADV_HUGEPAGE); /* fewer faults and TLB misses, if it can */
     if (!c->index || !c->owner || !c->ref || !c->pin || !c->data) {
         mig_page_cache_free(c);
         return NULL;
@@ -161,8 +164,19 @@ uint8_t *mig_page_cache_get(struct mig_page_cache *c, uint64_t page)
  */
 static uint64_t take_slot(struct mig_page_cache *c)
 {
-    if (c->fresh < c->nslots)
+    if (c->fresh < c->nslots) {
+        /*
+         * Slot memory is allocated as it is first used, a stretch at a time:
+         * one system call instead of a page fault per slot (a hint: if it
+         * fails, the copy faults the page in).
+         */
+        if (c->fresh % POPULATE_SLOTS == 0) {
+            uint64_t n =
+                c->nslots - c->fresh < POPULATE_SLOTS ? c->nslots - c->fresh : POPULATE_SLOTS;
+            madvise(c->data + c->fresh * GUEST_PAGE_SIZE, n * GUEST_PAGE_SIZE, MADV_POPULATE_WRITE);
+        }
         return c->fresh++;
+    }
     for (uint64_t n = 0; !c->exhausted && n < c->nslots; n++) {
         uint64_t s = c->hand;
         c->hand = (c->hand + 1) % c->nslots;
@@ -225,6 +239,15 @@ void mig_page_cache_unpin(struct mig_page_cache *c)
     if (++c->epoch == 0) { /* wrapped: no slot may look pinned by an old epoch */
         memset(c->pin, 0, (size_t)c->nslots * sizeof(uint32_t));
         c->epoch = 1;
+    }
+}
+
+void mig_page_cache_keep(struct mig_page_cache *c, const uint64_t *bits)
+{
+    for (uint64_t s = 0; s < c->fresh; s++) {
+        uint64_t p = c->owner[s];
+        if (p != NO_PAGE && !(bits[p / 64] >> (p % 64) & 1))
+            mig_page_cache_drop(c, p);
     }
 }
 

@@ -71,6 +71,9 @@ void mig_page_cache_unpin(struct mig_page_cache *c);
 /* A new pass begins (what was used in the one before it is kept over what was not). */
 void mig_page_cache_pass(struct mig_page_cache *c);
 
+/* Forgets every cached page not set in bits (a bitmap over guest pages). */
+void mig_page_cache_keep(struct mig_page_cache *c, const uint64_t *bits);
+
 /* Forgets page (it went as a zero page). */
 void mig_page_cache_drop(struct mig_page_cache *c, uint64_t page);
 

@@ -430,6 +430,17 @@ static int send_delta(struct src *x, uint64_t page, const uint8_t *live)
     return 1;
 }
 
+static void delta_start(struct src *x);
+static uint64_t popcount(const uint64_t *bits, size_t nwords);
+
+/*
+ * Pass 1 caches what it sends (for deltas) from the moment a look at the
+ * dirty log finds this many pages (16 MiB, or an eighth of RAM if less)
+ * written again: a guest that rewrites memory; an idle one is not charged
+ * the copies.
+ */
+#define DELTA_ARM_PAGES 4096u
+
 /* Pass 1 looks at the dirty log again after this many data pages (8 MiB). */
 #define PEEK_EVERY 2048u
 
@@ -499,6 +510,10 @@ static int send_pages(struct src *x, const uint64_t *bits, const uint64_t *holes
                 since_peek = 0;
                 if (x->vm->dirty_peek(x->p->vm, x->redirty) < 0)
                     defer = false; /* no peeking here: send everything */
+                else if (!x->cache &&
+                         popcount(x->redirty, x->nwords) >=
+                             (x->npages / 8 < DELTA_ARM_PAGES ? x->npages / 8 : DELTA_ARM_PAGES))
+                    delta_start(x);
             }
         }
     }
@@ -687,8 +702,10 @@ static int precopy(struct src *x)
         uint64_t predicted_us = dirty * GUEST_PAGE_SIZE * 1000000 / bw;
         bool delta_pass = x->delta;
         delta_review(x, pass);
-        if (delta_pass && x->delta && sent)
+        if (delta_pass && x->delta && sent && pass > 1) /* pass 1 is mostly zero pages */
             predicted_us = dirty * dt / sent;
+        if (pass == 1 && x->cache)
+            mig_page_cache_keep(x->cache, x->bits); /* what was not written again is cold */
         uint64_t predicted = predicted_us / 1000;
         x->st->bandwidth_bps = bw;
         x->st->predicted_downtime_ms = predicted;
