@@ -13,6 +13,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -541,7 +542,8 @@ struct fake_vm {
     int throttle_calls;
     uint32_t rewrite_pages; /* pages [0, n) rewritten whole at each dirty fetch while running */
     uint8_t rewrites;
-    atomic_bool stop_writer; /* set by pause: a writer thread stops */
+    atomic_bool stop_writer;    /* set by pause: a writer thread stops */
+    atomic_bool writer_running; /* pause waits for it to clear, like vCPUs leaving KVM_RUN */
     int peeks;
 };
 
@@ -600,6 +602,8 @@ static int f_pause(void *vm)
     v->running = false;
     v->pauses++;
     atomic_store(&v->stop_writer, true);
+    while (atomic_load(&v->writer_running))
+        sched_yield();
     return 0;
 }
 
@@ -1530,6 +1534,7 @@ static void *writer_main(void *arg)
         __atomic_fetch_or(&w->vm->dirty[p / 64], 1ull << (p % 64), __ATOMIC_RELEASE);
         w->writes++;
     }
+    atomic_store(&w->vm->writer_running, false);
     return NULL;
 }
 
@@ -1552,6 +1557,7 @@ static void test_delta_pages(void **state)
     p.sr->cfg.downtime_ms = 1;
     p.sr->cfg.max_passes = 8;
     p.sr->cfg.no_auto_converge = true;
+    atomic_store(&p.sr->side.vm.writer_running, true);
     assert_int_equal(pthread_create(&w->th, NULL, writer_main, w), 0);
     pair_run(&p, (struct mig_target_config){0});
     atomic_store(&p.sr->side.vm.stop_writer, true);
