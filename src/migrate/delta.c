@@ -122,8 +122,6 @@ struct mig_page_cache *mig_page_cache_new(uint64_t npages, uint64_t bytes)
                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (c->data == MAP_FAILED)
         c->data = NULL;
-    else
-        madvise(c->data, c->data_len, MADV_HUGEPAGE); /* fewer faults and TLB misses, if it can */
     if (!c->index || !c->owner || !c->ref || !c->pin || !c->data) {
         mig_page_cache_free(c);
         return NULL;
