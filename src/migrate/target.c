@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/uio.h>
+#include <unistd.h>
 #include <time.h>
 
 #include "common/log.h"
@@ -360,6 +362,34 @@ static void populate_data_pages(struct mig_target *t, const struct mig_msg_ram *
     }
 }
 
+/*
+ * Writes a stretch of data pages into guest RAM through the memfd: the
+ * kernel allocates each page and copies into it, without first zeroing it
+ * (as a fault or MADV_POPULATE_WRITE would) or a page fault per page. If
+ * that fails, copies through the mapping.
+ */
+static void write_pages(struct mig_target *t, uint64_t first, const struct iovec *iov, unsigned n)
+{
+    off_t off = (off_t)(first * GUEST_PAGE_SIZE);
+    size_t done = 0, want = (size_t)n * GUEST_PAGE_SIZE;
+    while (done < want) {
+        unsigned skip = (unsigned)(done / GUEST_PAGE_SIZE);
+        if (done % GUEST_PAGE_SIZE)
+            break;
+        ssize_t w = pwritev(t->mem->fd, iov + skip, (int)(n - skip), off + (off_t)done);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            break;
+        done += (size_t)w;
+    }
+    for (size_t at = done; at < want; at += GUEST_PAGE_SIZE) { /* what pwritev did not write */
+        size_t page = at / GUEST_PAGE_SIZE;
+        memcpy(t->mem->base + (first + page) * GUEST_PAGE_SIZE, iov[page].iov_base,
+               GUEST_PAGE_SIZE);
+    }
+}
+
 static int ram_batch(struct mig_target *t, const struct mig_msg_ram *r)
 {
     /* Check every run first: a batch is applied whole or not at all. */
@@ -381,9 +411,13 @@ static int ram_batch(struct mig_target *t, const struct mig_msg_ram *r)
             t->zero = NULL;
         }
     }
-    populate_data_pages(t, r);
+    if (t->mem->fd < 0)
+        populate_data_pages(t, r);
     uint32_t k = 0;
     const uint8_t *data = r->data;
+    struct iovec iov[MIG_RAM_BATCH_DATA];
+    unsigned niov = 0;
+    uint64_t start = 0; /* first page of the stretch in iov */
     for (uint32_t i = 0; i < r->nruns; i++) {
         uint64_t first;
         uint32_t count;
@@ -397,7 +431,15 @@ static int ram_batch(struct mig_target *t, const struct mig_msg_ram *r)
                 if (t->zero)
                     t->zero[pg / 64] |= bit;
             } else {
-                memcpy(dst, data, GUEST_PAGE_SIZE);
+                if (t->mem->fd < 0) {
+                    memcpy(dst, data, GUEST_PAGE_SIZE);
+                } else {
+                    if (niov && start + niov != pg)
+                        write_pages(t, start, iov, niov), niov = 0;
+                    if (!niov)
+                        start = pg;
+                    iov[niov++] = (struct iovec){(void *)(uintptr_t)data, GUEST_PAGE_SIZE};
+                }
                 data += GUEST_PAGE_SIZE;
                 if (t->zero)
                     t->zero[pg / 64] &= ~bit;
@@ -408,6 +450,8 @@ static int ram_batch(struct mig_target *t, const struct mig_msg_ram *r)
             }
         }
     }
+    if (niov)
+        write_pages(t, start, iov, niov);
     t->st.phase[t->phase].pages += r->npages;
     t->st.phase[t->phase].zero_pages += r->npages - r->nnz;
     return 0;

@@ -568,8 +568,20 @@ static void fake_init(struct fake_vm *v, uint64_t npages, bool source)
 
 static void fake_free(struct fake_vm *v)
 {
-    free(v->ram);
+    if (v->mem.fd >= 0)
+        guest_mem_destroy(&v->mem); /* fake_use_memfd */
+    else
+        free(v->ram);
     free(v->dirty);
+}
+
+/* A target whose RAM is a real memfd (as cella's): pages are written through it. */
+static void fake_use_memfd(struct fake_vm *v)
+{
+    free(v->ram);
+    assert_int_equal(guest_mem_init(&v->mem, v->npages * 4096), 0);
+    v->ram = v->mem.base;
+    memset(v->ram + 4096, 0xaa, 4096); /* an allocated page a zero marker must clear */
 }
 
 static uint32_t rnd(struct fake_vm *v)
@@ -1066,6 +1078,21 @@ static void test_full_migration(void **state)
     assert_true(st->blackout_us > 0);
     assert_true(st->blackout_us <= st->total_us);
     assert_true(st->phase[MIG_PHASE_DEVICE].messages == 4); /* PHASE + 3 payloads */
+    pair_free(&p);
+}
+
+/* The same with the target's RAM in a memfd: data pages go in by pwritev. */
+static void test_full_migration_memfd(void **state)
+{
+    (void)state;
+    struct pair p;
+    pair_init(&p);
+    fake_use_memfd(&p.tg->vm);
+    p.sr->side.vm.dirty_rate = 200;
+    p.sr->cfg.downtime_ms = 1;
+    p.sr->cfg.max_passes = 4;
+    pair_run(&p, (struct mig_target_config){0});
+    assert_committed(&p);
     pair_free(&p);
 }
 
@@ -2194,6 +2221,7 @@ int main(void)
         cmocka_unit_test(test_tcp_migration),
         cmocka_unit_test(test_tcp_refused),
         cmocka_unit_test(test_target_validates),
+        cmocka_unit_test(test_full_migration_memfd),
         cmocka_unit_test(test_delta_codec),
         cmocka_unit_test(test_page_cache),
         cmocka_unit_test(test_delta_pages),
