@@ -182,9 +182,7 @@ static uint64_t take_slot(struct mig_page_cache *c)
             return s;
         if (c->ref[s] || c->pin[s] == c->epoch)
             continue;
-        c->index[c->owner[s]] = 0;
-        c->owner[s] = NO_PAGE;
-        c->used--;
+        mig_page_cache_drop(c, c->owner[s]);
         return s;
     }
     c->exhausted = true;

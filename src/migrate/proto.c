@@ -498,15 +498,12 @@ bool mig_ram_batch_add(struct mig_ram_batch *b, uint64_t page, const uint8_t *da
     return true;
 }
 
-int mig_ram_batch_encode(const struct mig_ram_batch *b, struct mig_out *o)
+int mig_ram_batch_encode(struct mig_ram_batch *b, struct mig_out *o)
 {
-    mig_put_u8(o, MIG_MSG_RAM_BATCH);
-    mig_put_u32(o, b->nruns);
-    mig_put_u32(o, b->npages);
-    mig_put_bytes(o, b->runs, (size_t)b->nruns * 12);
-    mig_put_bytes(o, b->zero, ((size_t)b->npages + 7) / 8);
-    for (uint32_t i = 0; i < b->nnz; i++)
-        mig_put_bytes(o, b->data[i], GUEST_PAGE_SIZE);
+    struct iovec iov[MIG_RAM_BATCH_IOV];
+    size_t n = mig_ram_batch_iov(b, iov);
+    for (size_t i = 0; i < n; i++)
+        mig_put_bytes(o, iov[i].iov_base, iov[i].iov_len);
     return mig_out_ok(o) ? 0 : -ENOMEM;
 }
 

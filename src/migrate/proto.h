@@ -241,7 +241,7 @@ void mig_ram_batch_reset(struct mig_ram_batch *b);
 /* false if the batch is full (or page not ascending): encode it, reset, add again. */
 bool mig_ram_batch_add(struct mig_ram_batch *b, uint64_t page, const uint8_t *data);
 /* Appends the RAM_BATCH message (copying page data) to o. 0 or -ENOMEM. */
-int mig_ram_batch_encode(const struct mig_ram_batch *b, struct mig_out *o);
+int mig_ram_batch_encode(struct mig_ram_batch *b, struct mig_out *o);
 /*
  * The same message as pieces without copying: header, runs, zero bitmap,
  * then each page's data where it lies. Fills iov (MIG_RAM_BATCH_IOV

@@ -142,16 +142,21 @@ static void take_last_words(struct src *x)
             peer_reason(x, &m);
 }
 
-static int send_buf(struct src *x, const struct mig_out *o, const char *what)
+/* After handing a message of len bytes to the stream: the failure, or the phase's count. */
+static int sent(struct src *x, int r, size_t len, const char *what)
 {
-    int r = mig_stream_send(x->s, o->buf, o->len);
     if (r < 0) {
         take_last_words(x);
         return stream_err(x, r, what);
     }
-    x->st->phase[x->phase].bytes += o->len;
+    x->st->phase[x->phase].bytes += len;
     x->st->phase[x->phase].messages++;
     return 0;
+}
+
+static int send_buf(struct src *x, const struct mig_out *o, const char *what)
+{
+    return sent(x, mig_stream_send(x->s, o->buf, o->len), o->len, what);
 }
 
 static int send_out(struct src *x, const char *what)
@@ -362,13 +367,9 @@ static int flush_batch(struct src *x)
     size_t n = mig_ram_batch_iov(b, iov), len = 0;
     for (size_t i = 0; i < n; i++)
         len += iov[i].iov_len;
-    int r = mig_stream_sendv(x->s, iov, n);
-    if (r < 0) {
-        take_last_words(x);
-        return stream_err(x, r, "sending RAM");
-    }
-    x->st->phase[x->phase].bytes += len;
-    x->st->phase[x->phase].messages++;
+    int r = sent(x, mig_stream_sendv(x->s, iov, n), len, "sending RAM");
+    if (r < 0)
+        return r;
     x->st->phase[x->phase].pages += b->npages;
     x->st->phase[x->phase].zero_pages += b->npages - b->nnz;
     mig_ram_batch_reset(b);
@@ -458,7 +459,8 @@ static int send_pages(struct src *x, const uint64_t *bits, const uint64_t *holes
                       uint64_t *count)
 {
     *count = 0;
-    uint32_t since_peek = 0;
+    uint32_t since_peek = 0, peek_every = x->p->cfg.peek_every ? x->p->cfg.peek_every : PEEK_EVERY;
+    uint64_t arm = x->npages / 8 < DELTA_ARM_PAGES ? x->npages / 8 : DELTA_ARM_PAGES;
     defer = defer && x->redirty && x->vm->dirty_peek;
     if (defer)
         memset(x->redirty, 0, x->nwords * 8);
@@ -506,13 +508,11 @@ static int send_pages(struct src *x, const uint64_t *bits, const uint64_t *holes
                     return r;
                 mig_ram_batch_add(x->batch, page, data);
             }
-            if (defer && data && ++since_peek >= (x->p->cfg.peek_every ?: PEEK_EVERY)) {
+            if (defer && data && ++since_peek >= peek_every) {
                 since_peek = 0;
                 if (x->vm->dirty_peek(x->p->vm, x->redirty) < 0)
                     defer = false; /* no peeking here: send everything */
-                else if (!x->cache &&
-                         popcount(x->redirty, x->nwords) >=
-                             (x->npages / 8 < DELTA_ARM_PAGES ? x->npages / 8 : DELTA_ARM_PAGES))
+                else if (!x->cache && popcount(x->redirty, x->nwords) >= arm)
                     delta_start(x);
             }
         }
@@ -591,9 +591,9 @@ static int auto_converge(struct src *x, uint32_t pass, bool high_pass, unsigned 
 }
 
 /*
- * Before pass 2 (version 3, unless turned off): the cache that lets pages
- * sent again go as deltas. Pass 1 is not cached: most of what it sends is
- * never written again.
+ * The cache that lets pages sent again go as deltas (version 3, unless
+ * turned off): made in pass 1 once a peek shows the guest rewriting memory
+ * (send_pages), else before pass 2. Once made, every page goes through it.
  */
 static void delta_start(struct src *x)
 {
@@ -617,8 +617,10 @@ static void delta_start(struct src *x)
     x->st->delta_cache_bytes = mig_page_cache_slots(x->cache) * GUEST_PAGE_SIZE;
 }
 
-/* After a pass: a guest whose pages do not compress (more than half the deltas too large) gets
- * none. */
+/*
+ * After a pass: a guest whose pages do not compress (more than half the
+ * deltas too large) gets none from now on.
+ */
 static void delta_review(struct src *x, uint32_t pass)
 {
     if (!x->delta || x->hits < 256 || x->overflows * 2 <= x->hits)

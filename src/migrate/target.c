@@ -6,7 +6,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/uio.h>
 #include <unistd.h>
 #include <time.h>
@@ -328,66 +327,28 @@ static bool seen_all(const struct mig_target *t)
     return t->nseen == t->npages;
 }
 
-/* Prefaults pages [from, to) for writing; a single page is left to its copy's fault. */
-static void populate(struct mig_target *t, uint64_t from, uint64_t to)
-{
-    if (to - from > 1)
-        madvise(t->mem->base + from * GUEST_PAGE_SIZE, (to - from) * GUEST_PAGE_SIZE,
-                MADV_POPULATE_WRITE);
-}
-
-/*
- * Allocates the guest pages a batch will copy data into, one system call
- * per stretch of consecutive data pages instead of one page fault per page
- * (a hint: on failure the copy faults them in as usual).
- */
-static void populate_data_pages(struct mig_target *t, const struct mig_msg_ram *r)
-{
-    uint32_t k = 0;
-    for (uint32_t i = 0; i < r->nruns; i++) {
-        uint64_t first, start = UINT64_MAX;
-        uint32_t count;
-        mig_ram_run(r, i, &first, &count);
-        for (uint64_t pg = first; pg < first + count; pg++, k++) {
-            bool data = !mig_ram_is_zero(r, k);
-            if (data && start == UINT64_MAX) {
-                start = pg;
-            } else if (!data && start != UINT64_MAX) {
-                populate(t, start, pg);
-                start = UINT64_MAX;
-            }
-        }
-        if (start != UINT64_MAX)
-            populate(t, start, first + count);
-    }
-}
-
 /*
  * Writes a stretch of data pages into guest RAM through the memfd: the
  * kernel allocates each page and copies into it, without first zeroing it
- * (as a fault or MADV_POPULATE_WRITE would) or a page fault per page. If
- * that fails, copies through the mapping.
+ * (as a fault or MADV_POPULATE_WRITE would) or a page fault per page.
+ * Without a memfd (a plain buffer), or for what pwritev did not write
+ * whole, copies through the mapping.
  */
 static void write_pages(struct mig_target *t, uint64_t first, const struct iovec *iov, unsigned n)
 {
-    off_t off = (off_t)(first * GUEST_PAGE_SIZE);
-    size_t done = 0, want = (size_t)n * GUEST_PAGE_SIZE;
-    while (done < want) {
-        unsigned skip = (unsigned)(done / GUEST_PAGE_SIZE);
-        if (done % GUEST_PAGE_SIZE)
-            break;
-        ssize_t w = pwritev(t->mem->fd, iov + skip, (int)(n - skip), off + (off_t)done);
+    unsigned done = 0; /* pages written */
+    while (t->mem->fd >= 0 && done < n) {
+        ssize_t w = pwritev(t->mem->fd, iov + done, (int)(n - done),
+                            (off_t)((first + done) * GUEST_PAGE_SIZE));
         if (w < 0 && errno == EINTR)
             continue;
-        if (w <= 0)
+        if (w <= 0 || w % GUEST_PAGE_SIZE) /* a short page is copied again below */
             break;
-        done += (size_t)w;
+        done += (unsigned)(w / GUEST_PAGE_SIZE);
     }
-    for (size_t at = done; at < want; at += GUEST_PAGE_SIZE) { /* what pwritev did not write */
-        size_t page = at / GUEST_PAGE_SIZE;
-        memcpy(t->mem->base + (first + page) * GUEST_PAGE_SIZE, iov[page].iov_base,
+    for (; done < n; done++)
+        memcpy(t->mem->base + (first + done) * GUEST_PAGE_SIZE, iov[done].iov_base,
                GUEST_PAGE_SIZE);
-    }
 }
 
 static int ram_batch(struct mig_target *t, const struct mig_msg_ram *r)
@@ -411,8 +372,6 @@ static int ram_batch(struct mig_target *t, const struct mig_msg_ram *r)
             t->zero = NULL;
         }
     }
-    if (t->mem->fd < 0)
-        populate_data_pages(t, r);
     uint32_t k = 0;
     const uint8_t *data = r->data;
     struct iovec iov[MIG_RAM_BATCH_DATA];
@@ -431,15 +390,13 @@ static int ram_batch(struct mig_target *t, const struct mig_msg_ram *r)
                 if (t->zero)
                     t->zero[pg / 64] |= bit;
             } else {
-                if (t->mem->fd < 0) {
-                    memcpy(dst, data, GUEST_PAGE_SIZE);
-                } else {
-                    if (niov && start + niov != pg)
-                        write_pages(t, start, iov, niov), niov = 0;
-                    if (!niov)
-                        start = pg;
-                    iov[niov++] = (struct iovec){(void *)(uintptr_t)data, GUEST_PAGE_SIZE};
+                if (niov && start + niov != pg) {
+                    write_pages(t, start, iov, niov);
+                    niov = 0;
                 }
+                if (!niov)
+                    start = pg;
+                iov[niov++] = (struct iovec){(void *)(uintptr_t)data, GUEST_PAGE_SIZE};
                 data += GUEST_PAGE_SIZE;
                 if (t->zero)
                     t->zero[pg / 64] &= ~bit;
