@@ -70,5 +70,7 @@ void be_inflight_destroy(struct be_inflight *f);
 void be_inflight_inc(struct be_inflight *f);
 void be_inflight_dec(struct be_inflight *f);
 void be_inflight_wait(struct be_inflight *f);
+/* Waits up to ms milliseconds; true once nothing is in flight. */
+bool be_inflight_wait_ms(struct be_inflight *f, unsigned ms);
 
 #endif

@@ -24,6 +24,13 @@
  * Threading: blk_submit() may be called from several threads at once.
  * blk_drain() waits for every request submitted before it to complete.
  *
+ * Completions that do not arrive inline come from the backend's own thread,
+ * unless an event loop takes them over: blk_attach_loop() puts a backend
+ * fd into the loop's epoll set under a tag, and the loop calls blk_poll()
+ * whenever that tag fires. A backend that completes on the submitting
+ * thread (a RAM-backed file) then wakes no other thread at all. Backends
+ * without the ops keep their threads; attaching them is a no-op.
+ *
  * Device cores use only this header: a backend is a struct with an ops
  * table, so unit tests and fuzzers give devices fakes. blk_open() (the
  * real kinds) lives in the backends library, which the machine links.
@@ -81,6 +88,10 @@ struct blk_backend_ops {
     void (*submit)(struct blk_backend *b, struct blk_req *req);
     void (*drain)(struct blk_backend *b);
     void (*close)(struct blk_backend *b); /* drains, then frees b */
+    /* Optional, together (see blk_attach_loop); NULL: the backend's own threads. */
+    int (*attach_loop)(struct blk_backend *b, int epfd, uint64_t tag);
+    void (*detach_loop)(struct blk_backend *b);
+    void (*poll)(struct blk_backend *b);
 };
 
 struct blk_backend {
@@ -108,6 +119,32 @@ static inline void blk_submit(struct blk_backend *b, struct blk_req *req)
 static inline void blk_drain(struct blk_backend *b)
 {
     b->ops->drain(b);
+}
+
+/*
+ * Hands b's late completions to the event loop of epoll set epfd: the
+ * backend adds its fd with EPOLLIN and data.u64 = tag, and stops waking its
+ * own completion thread. Returns 0 (also for a backend without the ops,
+ * which stays as it was), -EBUSY if already attached, or a negative errno.
+ * The caller detaches before it stops calling blk_poll or closes epfd.
+ */
+static inline int blk_attach_loop(struct blk_backend *b, int epfd, uint64_t tag)
+{
+    return b->ops->attach_loop ? b->ops->attach_loop(b, epfd, tag) : 0;
+}
+
+/* Gives b's completions back to its own thread (whatever is already posted included). */
+static inline void blk_detach_loop(struct blk_backend *b)
+{
+    if (b->ops->detach_loop)
+        b->ops->detach_loop(b);
+}
+
+/* The event loop's thread, when b's tag fired: completes what has arrived. */
+static inline void blk_poll(struct blk_backend *b)
+{
+    if (b->ops->poll)
+        b->ops->poll(b);
 }
 
 /* Drains and frees. NULL is a no-op. */

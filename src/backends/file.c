@@ -16,10 +16,14 @@
  * Completions of the ring are reaped by whoever gets there first: the
  * submitting thread looks at the completion queue right after each
  * submission (an I/O the kernel finished inside io_uring_enter, as on a
- * page-cache hit or a RAM-backed disk, then completes without waking any
- * other thread), and a completion thread sleeps on the ring's eventfd for
- * everything that finishes later. `cq_lock` makes the reaping exclusive;
- * completions run after it is dropped.
+ * page-cache hit or a RAM-backed disk, then completes right there), and
+ * everything that finishes later is reaped either by a completion thread
+ * sleeping on the ring's eventfd or, once an event loop attached
+ * (blk_attach_loop), by that loop, which polls the ring's own fd. The
+ * ring fd is ready only while completions wait, so an I/O completed inline
+ * wakes nobody, where the eventfd would wake the completion thread for
+ * every request. `cq_lock` makes the reaping exclusive; completions run
+ * after it is dropped.
  */
 #include "backends/backends.h"
 
@@ -33,6 +37,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/ioctl.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -77,7 +82,9 @@ struct file_backend {
     pthread_mutex_t cq_lock; /* ring completion side */
     int cq_efd;              /* the ring's eventfd: a completion was posted */
     atomic_bool cq_stop;
-    atomic_ullong reaped_inline, reaped_thread; /* completions, by who reaped them */
+    atomic_ullong reaped_inline, reaped_thread, reaped_loop; /* completions, by who reaped them */
+    pthread_mutex_t loop_lock;                               /* loop_epfd: attach and detach */
+    int loop_epfd; /* the attached event loop's epoll set, or -1 */
     pthread_t cq_thread;
     bool cq_running;
     struct be_inflight inflight;
@@ -433,7 +440,8 @@ static unsigned ring_reap(struct file_backend *f, bool wait)
     }
     io_uring_cq_advance(&f->ring, n);
     pthread_mutex_unlock(&f->cq_lock);
-    atomic_fetch_add(wait ? &f->reaped_thread : &f->reaped_inline, n);
+    if (!wait)
+        atomic_fetch_add(&f->reaped_inline, n);
     for (unsigned i = 0; i < n; i++)
         ring_complete(f, got[i].op, got[i].res);
     return n;
@@ -455,6 +463,15 @@ static void ring_reap_inline(struct file_backend *f)
     reaping = false;
 }
 
+/* Completes what the ring has posted, for the thread named by `counter`. */
+static void ring_reap_all(struct file_backend *f, atomic_ullong *counter)
+{
+    unsigned n, total = 0;
+    while ((n = ring_reap(f, true)))
+        total += n;
+    atomic_fetch_add(counter, total);
+}
+
 static void *cq_main(void *arg)
 {
     struct file_backend *f = arg;
@@ -464,8 +481,7 @@ static void *cq_main(void *arg)
             log_msg(LOG_ERROR, "blk-file", "%s: completion eventfd: %s", f->path, strerror(errno));
             return NULL;
         }
-        while (ring_reap(f, true))
-            ;
+        ring_reap_all(f, &f->reaped_thread);
     }
     return NULL;
 }
@@ -551,20 +567,82 @@ static void file_submit(struct blk_backend *b, struct blk_req *req)
     ring_submit(f, op);
 }
 
+static bool loop_attached(struct file_backend *f)
+{
+    pthread_mutex_lock(&f->loop_lock);
+    bool on = f->loop_epfd >= 0;
+    pthread_mutex_unlock(&f->loop_lock);
+    return on;
+}
+
 static void file_drain(struct blk_backend *b)
 {
     struct file_backend *f = (struct file_backend *)b;
-    if (f->uring)
-        be_inflight_wait(&f->inflight);
-    else
+    if (!f->uring) {
         be_pool_drain(&f->pool);
+        return;
+    }
+    /*
+     * With a loop attached, reap here too: the drain may run on the loop's
+     * own thread (or after the loop stopped polling), and then nobody else
+     * would complete what is left.
+     */
+    while (loop_attached(f) && !be_inflight_wait_ms(&f->inflight, 1))
+        ring_reap_all(f, &f->reaped_loop);
+    be_inflight_wait(&f->inflight);
+}
+
+static int file_attach_loop(struct blk_backend *b, int epfd, uint64_t tag)
+{
+    struct file_backend *f = (struct file_backend *)b;
+    if (!f->uring)
+        return 0; /* worker threads complete on their own */
+    pthread_mutex_lock(&f->loop_lock);
+    int r = f->loop_epfd >= 0 ? -EBUSY : 0;
+    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = tag};
+    if (r == 0 && epoll_ctl(epfd, EPOLL_CTL_ADD, f->ring.ring_fd, &ev) < 0)
+        r = -errno;
+    /* From here the loop sees every completion the eventfd would have announced. */
+    if (r == 0 && (r = io_uring_unregister_eventfd(&f->ring)) < 0)
+        epoll_ctl(epfd, EPOLL_CTL_DEL, f->ring.ring_fd, NULL);
+    if (r == 0)
+        f->loop_epfd = epfd;
+    pthread_mutex_unlock(&f->loop_lock);
+    return r;
+}
+
+static void file_detach_loop(struct blk_backend *b)
+{
+    struct file_backend *f = (struct file_backend *)b;
+    pthread_mutex_lock(&f->loop_lock);
+    if (f->loop_epfd >= 0) {
+        int r = io_uring_register_eventfd(&f->ring, f->cq_efd);
+        if (r < 0)
+            log_msg(LOG_ERROR, "blk-file", "%s: io_uring_register_eventfd: %s", f->path,
+                    strerror(-r));
+        epoll_ctl(f->loop_epfd, EPOLL_CTL_DEL, f->ring.ring_fd, NULL);
+        f->loop_epfd = -1;
+        /* What was posted while the loop had the ring goes to the completion thread. */
+        uint64_t one = 1;
+        while (write(f->cq_efd, &one, sizeof(one)) < 0 && errno == EINTR)
+            ;
+    }
+    pthread_mutex_unlock(&f->loop_lock);
+}
+
+static void file_poll(struct blk_backend *b)
+{
+    struct file_backend *f = (struct file_backend *)b;
+    if (f->uring)
+        ring_reap_all(f, &f->reaped_loop);
 }
 
 static void file_free(struct file_backend *f)
 {
-    if (f->uring)
+    if (f->uring) {
+        file_detach_loop(&f->b);
         ring_stop(f);
-    else
+    } else
         be_pool_stop(&f->pool);
     if (f->dfd >= 0)
         close(f->dfd);
@@ -573,6 +651,7 @@ static void file_free(struct file_backend *f)
     be_inflight_destroy(&f->inflight);
     pthread_mutex_destroy(&f->sq_lock);
     pthread_mutex_destroy(&f->cq_lock);
+    pthread_mutex_destroy(&f->loop_lock);
     free(f->path);
     free(f);
 }
@@ -582,8 +661,10 @@ static void file_close(struct blk_backend *b)
     struct file_backend *fb = (struct file_backend *)b;
     if (fb->uring)
         log_msg(LOG_DEBUG, "blk-file",
-                "%s: %llu completions reaped by the submitter, %llu by the completion thread",
-                fb->path, atomic_load(&fb->reaped_inline), atomic_load(&fb->reaped_thread));
+                "%s: %llu completions reaped by the submitter, %llu by the completion "
+                "thread, %llu by the event loop",
+                fb->path, atomic_load(&fb->reaped_inline), atomic_load(&fb->reaped_thread),
+                atomic_load(&fb->reaped_loop));
     file_drain(b);
     file_free(fb);
 }
@@ -592,6 +673,9 @@ static const struct blk_backend_ops file_ops = {
     .submit = file_submit,
     .drain = file_drain,
     .close = file_close,
+    .attach_loop = file_attach_loop,
+    .detach_loop = file_detach_loop,
+    .poll = file_poll,
 };
 
 const char *blk_file_engine(const struct blk_backend *b)
@@ -722,6 +806,8 @@ int blk_file_open(const struct spec_component *c, unsigned oflags, struct blk_ba
     f->fd = f->dfd = f->cq_efd = -1;
     pthread_mutex_init(&f->sq_lock, NULL);
     pthread_mutex_init(&f->cq_lock, NULL);
+    pthread_mutex_init(&f->loop_lock, NULL);
+    f->loop_epfd = -1;
     be_inflight_init(&f->inflight);
     f->b.info.block_size = bs;
     f->b.info.readonly = spec->readonly;

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 struct pool_arg {
     struct be_pool *p;
@@ -141,6 +142,21 @@ void be_inflight_dec(struct be_inflight *f)
     if (--f->count == 0)
         pthread_cond_broadcast(&f->idle);
     pthread_mutex_unlock(&f->lock);
+}
+
+bool be_inflight_wait_ms(struct be_inflight *f, unsigned ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_nsec += (long)(ms % 1000u) * 1000000L;
+    ts.tv_sec += ms / 1000u + ts.tv_nsec / 1000000000L;
+    ts.tv_nsec %= 1000000000L;
+    pthread_mutex_lock(&f->lock);
+    while (f->count && pthread_cond_timedwait(&f->idle, &f->lock, &ts) == 0)
+        ;
+    bool idle = f->count == 0;
+    pthread_mutex_unlock(&f->lock);
+    return idle;
 }
 
 void be_inflight_wait(struct be_inflight *f)

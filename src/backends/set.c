@@ -2,12 +2,14 @@
 #include "backends/set.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "backends/backends.h"
+#include "common/log.h"
 
 struct set_entry {
     struct blk_backend pub; /* the proxy devices hold; first member */
@@ -16,6 +18,15 @@ struct set_entry {
     _Atomic(struct blk_backend *) inner;
     uint8_t *blob; /* contents to load at activation */
     size_t blob_len;
+    /*
+     * The event loop the devices' owner attached (blk_attach_loop): every
+     * inner backend opened while it is set joins it, and one is detached
+     * before it closes. `loop_lock` covers these and the inner backend's
+     * use by proxy_poll against its release.
+     */
+    pthread_mutex_t loop_lock;
+    int loop_epfd; /* -1: none */
+    uint64_t loop_tag;
 };
 
 struct backend_set {
@@ -48,8 +59,72 @@ static void proxy_close(struct blk_backend *b)
     (void)b; /* the set owns the backend */
 }
 
-static const struct blk_backend_ops proxy_ops = {
-    .submit = proxy_submit, .drain = proxy_drain, .close = proxy_close};
+static int proxy_attach_loop(struct blk_backend *b, int epfd, uint64_t tag)
+{
+    struct set_entry *e = (struct set_entry *)b;
+    pthread_mutex_lock(&e->loop_lock);
+    struct blk_backend *in = atomic_load(&e->inner);
+    int r = e->loop_epfd >= 0 ? -EBUSY : in ? blk_attach_loop(in, epfd, tag) : 0;
+    if (r == 0) {
+        e->loop_epfd = epfd;
+        e->loop_tag = tag;
+    }
+    pthread_mutex_unlock(&e->loop_lock);
+    return r;
+}
+
+static void proxy_detach_loop(struct blk_backend *b)
+{
+    struct set_entry *e = (struct set_entry *)b;
+    pthread_mutex_lock(&e->loop_lock);
+    struct blk_backend *in = atomic_load(&e->inner);
+    if (in && e->loop_epfd >= 0)
+        blk_detach_loop(in);
+    e->loop_epfd = -1;
+    pthread_mutex_unlock(&e->loop_lock);
+}
+
+static void proxy_poll(struct blk_backend *b)
+{
+    struct set_entry *e = (struct set_entry *)b;
+    pthread_mutex_lock(&e->loop_lock);
+    struct blk_backend *in = atomic_load(&e->inner);
+    if (in)
+        blk_poll(in);
+    pthread_mutex_unlock(&e->loop_lock);
+}
+
+static const struct blk_backend_ops proxy_ops = {.submit = proxy_submit,
+                                                 .drain = proxy_drain,
+                                                 .close = proxy_close,
+                                                 .attach_loop = proxy_attach_loop,
+                                                 .detach_loop = proxy_detach_loop,
+                                                 .poll = proxy_poll};
+
+/* Makes b e's inner backend, in the attached event loop if there is one. */
+static void set_inner(struct set_entry *e, struct blk_backend *b)
+{
+    pthread_mutex_lock(&e->loop_lock);
+    if (e->loop_epfd >= 0) {
+        int r = blk_attach_loop(b, e->loop_epfd, e->loop_tag);
+        if (r < 0)
+            log_msg(LOG_WARN, "backends", "%s: completions stay on the backend's thread: %s",
+                    e->comp.key, strerror(-r));
+    }
+    atomic_store(&e->inner, b);
+    pthread_mutex_unlock(&e->loop_lock);
+}
+
+/* Takes e's inner backend out of the event loop and of e; returns it. */
+static struct blk_backend *take_inner(struct set_entry *e)
+{
+    pthread_mutex_lock(&e->loop_lock);
+    struct blk_backend *b = atomic_exchange(&e->inner, NULL);
+    if (b && e->loop_epfd >= 0)
+        blk_detach_loop(b);
+    pthread_mutex_unlock(&e->loop_lock);
+    return b;
+}
 
 static void on_event(void *ctx, enum blk_event ev, const char *detail)
 {
@@ -98,7 +173,7 @@ static int open_entry(struct set_entry *e, bool check, struct cella_errors *errs
     e->pub.info = b->info;
     b->event_cb = on_event;
     b->event_ctx = e;
-    atomic_store(&e->inner, b);
+    set_inner(e, b);
     return 0;
 }
 
@@ -124,6 +199,8 @@ int backend_set_open(const struct instance_spec *spec, unsigned flags, backend_e
         struct set_entry *e = &s->e[s->n];
         e->set = s;
         e->pub.ops = &proxy_ops;
+        pthread_mutex_init(&e->loop_lock, NULL);
+        e->loop_epfd = -1;
         if (spec_component_copy(&e->comp, c) < 0) {
             r = cella_err(errs, -ENOMEM, "", "out of memory");
             continue;
@@ -177,7 +254,7 @@ int backend_set_activate(struct backend_set *s, struct cella_errors *errs)
     if (r < 0) {
         for (i = 0; i < s->n; i++) {
             if (opened[i])
-                blk_close(atomic_exchange(&s->e[i].inner, NULL));
+                blk_close(take_inner(&s->e[i]));
         }
     }
     free(opened);
@@ -191,6 +268,11 @@ void backend_set_release(struct backend_set *s)
         struct blk_backend *b = atomic_load(&e->inner);
         if (!b)
             continue;
+        /* Its own thread completes what is left: the loop may stop polling any time now. */
+        pthread_mutex_lock(&e->loop_lock);
+        if (e->loop_epfd >= 0)
+            blk_detach_loop(b);
+        pthread_mutex_unlock(&e->loop_lock);
         blk_drain(b);
         const uint8_t *data;
         size_t len;
@@ -202,8 +284,7 @@ void backend_set_release(struct backend_set *s)
                 e->blob_len = len;
             }
         }
-        atomic_store(&e->inner, NULL);
-        blk_close(b);
+        blk_close(take_inner(e));
     }
 }
 
@@ -251,7 +332,8 @@ void backend_set_close(struct backend_set *s)
     if (!s)
         return;
     for (size_t i = 0; i < s->n; i++) {
-        blk_close(atomic_exchange(&s->e[i].inner, NULL));
+        blk_close(take_inner(&s->e[i]));
+        pthread_mutex_destroy(&s->e[i].loop_lock);
         spec_component_free(&s->e[i].comp);
         free(s->e[i].blob);
     }

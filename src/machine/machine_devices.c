@@ -79,8 +79,12 @@ struct ndev {
     uint64_t gpa[NVME_MAX_IO_QUEUES]; /* where the ioeventfd is assigned, or PCI_BAR_UNMAPPED */
 };
 
-/* epoll tags: a virtio queue is (vdev << 8 | queue); an NVMe SQ has this bit too. */
+/*
+ * epoll tags: a virtio queue is (vdev << 8 | queue); an NVMe SQ has this bit
+ * too; a disk backend's completions are this bit | its index in `polled`.
+ */
 #define NDEV_TAG (1ull << 62)
+#define BLK_TAG  (1ull << 61)
 
 /* The disks and NICs of the spec. */
 struct pci_devs {
@@ -91,6 +95,8 @@ struct pci_devs {
     struct net_backend **taps;
     struct vdev *vdev;
     struct ndev *ndev;
+    struct blk_backend **polled; /* disk backends whose completions the I/O thread reaps */
+    size_t npolled;
     int epfd, stopfd;
     pthread_t io_thread;
     bool io_started;
@@ -501,6 +507,10 @@ static void *io_thread(void *arg)
             uint64_t tag = ev[i].data.u64, cnt;
             if (tag == UINT64_MAX)
                 return NULL;
+            if (tag & BLK_TAG) {
+                blk_poll(pd->polled[tag & ~BLK_TAG]);
+                continue;
+            }
             if (tag & NDEV_TAG) {
                 struct ndev *nd = &pd->ndev[(tag & ~NDEV_TAG) >> 8];
                 unsigned q = (unsigned)(tag & 0xff);
@@ -545,6 +555,22 @@ static int add_vdev(struct machine *m, struct virtio_pci *vp, struct cella_error
     if (r == 0)
         pd->nvdev++;
     return r;
+}
+
+/*
+ * Lets the I/O thread reap b's late completions: the thread that kicked
+ * the queue is the one that completes it, and no backend thread wakes for
+ * an I/O that finished inside its submission. Not fatal: b then keeps its
+ * own completion thread.
+ */
+static void poll_backend(struct pci_devs *pd, struct blk_backend *b, const char *name)
+{
+    int r = blk_attach_loop(b, pd->epfd, BLK_TAG | pd->npolled);
+    if (r == 0)
+        pd->polled[pd->npolled++] = b;
+    else
+        log_msg(LOG_WARN, "machine", "%s: backend completions stay on their own thread: %s", name,
+                strerror(-r));
 }
 
 static int add_to_bus(struct machine *m, const struct spec_component *c, struct pci_func *f,
@@ -599,6 +625,7 @@ static int add_virtio_disk(struct machine *m, const struct spec_component *c,
         return cella_err(errs, r, ptr, "cannot create the virtio disk: %s", strerror(-r));
     }
     pd->blk[pd->nblk++] = vb;
+    poll_backend(pd, b, c->key);
     r = add_vdev(m, virtio_blk_pci(vb), errs);
     return r < 0 ? r : add_to_bus(m, c, &virtio_blk_pci(vb)->func, errs);
 }
@@ -674,6 +701,7 @@ static int add_nvme_disk(struct machine *m, const struct spec_component *c,
         return cella_err(errs, r, ptr, "cannot create the NVMe controller: %s", strerror(-r));
     }
     pd->nvme[pd->nnvme++] = n;
+    poll_backend(pd, b, c->key);
     r = add_ndev(m, n, errs);
     return r < 0 ? r : add_to_bus(m, c, nvme_pci_func(n), errs);
 }
@@ -716,9 +744,10 @@ static int add_disks_and_nics(struct machine *m, const struct instance_spec *spe
     pd->taps = calloc(n + 1, sizeof(*pd->taps));
     pd->vdev = calloc(n, sizeof(*pd->vdev));
     pd->ndev = calloc(n, sizeof(*pd->ndev));
+    pd->polled = calloc(n, sizeof(*pd->polled));
     pd->epfd = epoll_create1(EPOLL_CLOEXEC);
     pd->stopfd = eventfd(0, EFD_CLOEXEC);
-    if (!pd->blk || !pd->nvme || !pd->net || !pd->taps || !pd->vdev || !pd->ndev)
+    if (!pd->blk || !pd->nvme || !pd->net || !pd->taps || !pd->vdev || !pd->ndev || !pd->polled)
         return cella_err(errs, -ENOMEM, "", "out of memory");
     struct epoll_event ev = {.events = EPOLLIN, .data.u64 = UINT64_MAX};
     if (pd->epfd < 0 || pd->stopfd < 0 || epoll_ctl(pd->epfd, EPOLL_CTL_ADD, pd->stopfd, &ev) < 0)
@@ -750,6 +779,9 @@ static void destroy_disks_and_nics(struct pci_devs *pd)
             log_msg(LOG_WARN, "machine", "cannot stop the I/O thread: %s", strerror(errno));
         pthread_join(pd->io_thread, NULL);
     }
+    /* Nobody polls now: the backends (which outlive the machine) complete on their own again. */
+    for (size_t i = 0; i < pd->npolled; i++)
+        blk_detach_loop(pd->polled[i]);
     for (size_t i = 0; i < pd->nnet; i++)
         net_close(pd->taps[i]); /* no more receive callbacks after this */
     if (pd->taps && pd->taps[pd->nnet])
@@ -785,6 +817,7 @@ static void destroy_disks_and_nics(struct pci_devs *pd)
     free(pd->taps);
     free(pd->vdev);
     free(pd->ndev);
+    free(pd->polled);
 }
 
 /* ---- boot order ---- */

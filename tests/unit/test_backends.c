@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -35,6 +36,7 @@
 #include "backends/backends.h"
 #include "backends/block.h"
 #include "backends/net.h"
+#include "backends/set.h"
 
 /* ---- helpers ---- */
 
@@ -563,6 +565,171 @@ static void file_concurrent(bool threads)
         pthread_mutex_destroy(&cs[t].lock);
     }
     set_engine(false);
+}
+
+/* ---- completions reaped by an event loop (blk_attach_loop) ---- */
+
+#define LOOP_TAG 0x77ull
+
+/*
+ * One epoll_wait, again after EINTR: io_uring's task work interrupts the
+ * submitting thread's system calls when it posts a completion.
+ */
+static int epoll_one(int epfd, struct epoll_event *ev, int timeout_ms)
+{
+    int n;
+    while ((n = epoll_wait(epfd, ev, 1, timeout_ms)) < 0 && errno == EINTR)
+        ;
+    return n;
+}
+
+static bool waited_is_done(struct waited *w)
+{
+    pthread_mutex_lock(&w->lock);
+    bool d = w->done != 0;
+    pthread_mutex_unlock(&w->lock);
+    return d;
+}
+
+/*
+ * Flushes until one completes after its submission returned (the kernel
+ * punts fsync to a worker): that one must wait, not completed by anybody,
+ * until the loop's fd fires and blk_poll runs. Returns whether one did.
+ */
+static bool loop_reaps_late_completion(struct blk_backend *b, int epfd)
+{
+    for (int tries = 0; tries < 50; tries++) {
+        struct waited w;
+        waited_init(&w, BLK_FLUSH, 0, 0, NULL, 0);
+        blk_submit(b, &w.req);
+        if (waited_is_done(&w))
+            continue; /* completed inside the submission */
+        struct epoll_event ev;
+        assert_int_equal(epoll_one(epfd, &ev, 5000), 1);
+        assert_int_equal(ev.data.u64, LOOP_TAG);
+        usleep(20000); /* no completion thread takes it meanwhile */
+        assert_false(waited_is_done(&w));
+        blk_poll(b);
+        assert_true(waited_is_done(&w));
+        assert_int_equal(w.result, 0);
+        return true;
+    }
+    return false;
+}
+
+/* Waits for w as an event loop would: blk_poll whenever the loop's fd fires. */
+static int loop_wait(struct blk_backend *b, int epfd, struct waited *w)
+{
+    while (!waited_is_done(w)) {
+        struct epoll_event ev;
+        assert_int_equal(epoll_one(epfd, &ev, 5000), 1);
+        assert_int_equal(ev.data.u64, LOOP_TAG);
+        blk_poll(b);
+    }
+    return w->result;
+}
+
+static void test_file_event_loop(void **state)
+{
+    set_engine(false);
+    if (!uring_available())
+        skip();
+    const char *path = make_file("loop.img", 1 << 20, 0x5a);
+    struct spec_component c = file_comp(path, 512, false);
+    struct blk_backend *b = open_ok(&c);
+    int epfd = epoll_create1(EPOLL_CLOEXEC);
+    assert_true(epfd >= 0);
+    assert_int_equal(blk_attach_loop(b, epfd, LOOP_TAG), 0);
+    assert_int_equal(blk_attach_loop(b, epfd, LOOP_TAG), -EBUSY);
+
+    /*
+     * A read that completes inside its submission leaves the loop's fd
+     * quiet; one the kernel finishes later waits for the loop.
+     */
+    uint8_t *r = aligned(4096);
+    struct iovec iov = {r, 4096};
+    struct waited w;
+    waited_init(&w, BLK_READ, 0, 4096, &iov, 1);
+    blk_submit(b, &w.req);
+    struct epoll_event ev;
+    if (waited_is_done(&w))
+        assert_int_equal(epoll_one(epfd, &ev, 0), 0);
+    assert_int_equal(loop_wait(b, epfd, &w), 0);
+    assert_int_equal(r[0], 0x5a);
+
+    assert_true(loop_reaps_late_completion(b, epfd));
+
+    /* Drain completes what is left itself while the loop is attached but idle. */
+    waited_init(&w, BLK_FLUSH, 0, 0, NULL, 0);
+    blk_submit(b, &w.req);
+    blk_drain(b);
+    assert_true(waited_is_done(&w));
+
+    /* Detached, the completion thread takes everything again, posted before or after. */
+    waited_init(&w, BLK_FLUSH, 0, 0, NULL, 0);
+    blk_submit(b, &w.req);
+    blk_detach_loop(b);
+    assert_int_equal(waited_wait(&w), 0);
+    assert_int_equal(do_range(b, BLK_FLUSH, 0, 0), 0);
+    blk_detach_loop(b); /* twice: a no-op */
+    /* And it can join a loop again. */
+    assert_int_equal(blk_attach_loop(b, epfd, LOOP_TAG), 0);
+    assert_true(loop_reaps_late_completion(b, epfd));
+    blk_close(b); /* closing an attached backend detaches it */
+    close(epfd);
+    free(r);
+}
+
+/* The worker-thread engine has no loop to join: attaching is a no-op. */
+static void test_file_event_loop_threads(void **state)
+{
+    set_engine(true);
+    const char *path = make_file("loopt.img", 1 << 20, 0);
+    struct spec_component c = file_comp(path, 512, false);
+    struct blk_backend *b = open_ok(&c);
+    int epfd = epoll_create1(EPOLL_CLOEXEC);
+    assert_int_equal(blk_attach_loop(b, epfd, LOOP_TAG), 0);
+    assert_int_equal(do_range(b, BLK_FLUSH, 0, 0), 0);
+    struct epoll_event ev;
+    assert_int_equal(epoll_one(epfd, &ev, 0), 0);
+    blk_detach_loop(b);
+    blk_close(b);
+    close(epfd);
+    set_engine(false);
+}
+
+/* The set's proxy carries the attachment across release and activation. */
+static void test_set_event_loop(void **state)
+{
+    set_engine(false);
+    if (!uring_available())
+        skip();
+    const char *path = make_file("setloop.img", 1 << 20, 0);
+    struct spec_component comps[1] = {file_comp(path, 512, false)};
+    struct instance_spec spec = {.components = comps, .count = 1};
+    struct cella_errors errs = {0};
+    struct backend_set *s = NULL;
+    assert_int_equal(backend_set_open(&spec, BACKEND_SET_DEFER, NULL, NULL, &s, &errs), 0);
+    struct blk_backend *b = backend_set_blk(s, "disk0");
+    assert_non_null(b);
+    int epfd = epoll_create1(EPOLL_CLOEXEC);
+    /* Attached before any backend is open (a migration target). */
+    assert_int_equal(blk_attach_loop(b, epfd, LOOP_TAG), 0);
+    assert_int_equal(blk_attach_loop(b, epfd, LOOP_TAG), -EBUSY);
+    blk_poll(b); /* nothing open: a no-op */
+    assert_int_equal(backend_set_activate(s, &errs), 0);
+    assert_true(loop_reaps_late_completion(b, epfd));
+    /* Released, then opened again: the new backend joins the loop too. */
+    backend_set_release(s);
+    struct epoll_event ev;
+    assert_int_equal(epoll_one(epfd, &ev, 0), 0);
+    assert_int_equal(backend_set_activate(s, &errs), 0);
+    assert_true(loop_reaps_late_completion(b, epfd));
+    blk_detach_loop(b);
+    assert_int_equal(do_range(b, BLK_FLUSH, 0, 0), 0);
+    backend_set_close(s);
+    close(epfd);
+    cella_errors_clear(&errs);
 }
 
 static void test_file_concurrent_uring(void **state)
@@ -1300,6 +1467,9 @@ int main(void)
         cmocka_unit_test(test_file_readonly),
         cmocka_unit_test(test_file_lock),
         cmocka_unit_test(test_file_open_errors),
+        cmocka_unit_test(test_file_event_loop),
+        cmocka_unit_test(test_file_event_loop_threads),
+        cmocka_unit_test(test_set_event_loop),
         cmocka_unit_test(test_file_concurrent_uring),
         cmocka_unit_test(test_file_concurrent_threads),
         cmocka_unit_test(test_file_tmpfs_zeroes_uring),

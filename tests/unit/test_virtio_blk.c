@@ -106,7 +106,8 @@ static void md_close(struct blk_backend *b)
     (void)b;
 }
 
-static const struct blk_backend_ops md_ops = {md_submit, md_drain, md_close};
+static const struct blk_backend_ops md_ops = {
+    .submit = md_submit, .drain = md_drain, .close = md_close};
 
 /* ---- fixture ---- */
 
@@ -768,7 +769,8 @@ static void md_drain_wait(struct blk_backend *b)
     }
 }
 
-static const struct blk_backend_ops md_thread_ops = {md_submit_locked, md_drain_wait, md_close};
+static const struct blk_backend_ops md_thread_ops = {
+    .submit = md_submit_locked, .drain = md_drain_wait, .close = md_close};
 
 static void test_threaded_completions(void **state)
 {
