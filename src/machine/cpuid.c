@@ -23,12 +23,19 @@ int cpuid_host_supported(int kvm_fd, struct cpuid_table *out)
     memcpy(out->entries, buf->entries, out->count * sizeof(buf->entries[0]));
     free(buf);
     /*
-     * KVM leaves the "running under a hypervisor" bit to userspace; the
-     * guest needs it to look at the hypervisor leaves (kvmclock, PV EOI).
+     * KVM leaves two leaf-1 bits to userspace: "running under a hypervisor",
+     * which the guest needs to look at the hypervisor leaves (kvmclock, PV
+     * EOI), and the TSC-deadline timer, which KVM emulates whenever it has
+     * KVM_CAP_TSC_DEADLINE_TIMER but does not report (QEMU's `-cpu host`
+     * offers it the same way); Linux guests prefer it to the APIC timer.
      */
+    bool deadline = ioctl(kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_TSC_DEADLINE_TIMER) > 0;
     for (size_t i = 0; i < out->count; i++) {
-        if (out->entries[i].function == 1)
-            out->entries[i].ecx |= 1u << 31;
+        if (out->entries[i].function != 1)
+            continue;
+        out->entries[i].ecx |= 1u << 31;
+        if (deadline)
+            out->entries[i].ecx |= 1u << 24;
     }
     return 0;
 }

@@ -21,6 +21,10 @@ def test_direct_boot_smp_and_memory(vm, cpus):
     t = v.ready()
     print(f"ready after {t:.2f} s with {cpus} vCPUs")
     assert v.check("nproc") == [str(cpus)]
+    # The timer and interrupt features QEMU's -cpu host offers too.
+    flags = v.check("grep -m1 ^flags /proc/cpuinfo")[0].split()
+    for f in ("hypervisor", "x2apic", "tsc_deadline_timer"):
+        assert f in flags, f"guest CPU lacks {f}: {flags}"
     # The kernel keeps some memory for itself; the guest must see most of it.
     assert 768 - 100 <= mem_total_mib(v) <= 768
     assert v.console.poweroff() == 0
