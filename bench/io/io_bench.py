@@ -144,12 +144,12 @@ def one_boot(argv, dev, a, log):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--qemu-only", action="store_true", help="skip cella")
     ap.add_argument("--kinds", default="virtio-blk,nvme")
     ap.add_argument("--disk-mb", type=int, default=256, help="backing file size (MiB)")
-    ap.add_argument("--seq-mb", type=int, default=128, help="MiB moved per sequential cell")
-    ap.add_argument("--rand-mb", type=int, default=8, help="MiB moved per random cell")
+    ap.add_argument("--seq-mb", type=int, default=1024, help="MiB moved per sequential cell")
+    ap.add_argument("--rand-mb", type=int, default=32, help="MiB moved per random cell")
     ap.add_argument("--qd", type=int, default=1)
     ap.add_argument("--mem", type=int, default=512)
     ap.add_argument("--cpus", type=int, default=2)

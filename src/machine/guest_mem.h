@@ -3,8 +3,8 @@
  * Guest physical memory, and the one checked accessor every guest address
  * goes through.
  *
- * Guest RAM is one memfd (so migration and snapshots can use the fd),
- * mapped into cella and into KVM as up to two regions: low RAM from 0 up to
+ * Guest RAM is one anonymous mapping (transparent huge pages welcome),
+ * given to KVM as up to two regions: low RAM from 0 up to
  * the PCI hole at 3 GiB, and the rest from 4 GiB. Device cores never see
  * KVM: they get a `struct guest_mem` and translate guest addresses with
  * guest_mem_ptr(), which refuses any range that is not wholly inside one
@@ -27,21 +27,24 @@
 #define GUEST_MEM_MAX_REGIONS 2
 
 struct guest_mem_region {
-    uint64_t gpa;       /* guest physical start */
-    uint64_t size;      /* bytes */
-    uint8_t *host;      /* cella's mapping */
-    uint64_t fd_offset; /* offset of this region in the memfd */
+    uint64_t gpa;        /* guest physical start */
+    uint64_t size;       /* bytes */
+    uint8_t *host;       /* cella's mapping */
+    uint64_t ram_offset; /* offset of this region in the RAM mapping */
 };
 
+#define GUEST_RAM_ALIGN (2ull << 20) /* where the mapping starts: a huge page boundary */
+
 struct guest_mem {
-    int fd;        /* memfd, or -1 for a plain buffer */
-    uint64_t size; /* total RAM bytes */
-    uint8_t *base; /* mapping of the whole memfd (regions point into it) */
+    bool owned;     /* guest_mem_init mapped it (not a plain buffer) */
+    int pagemap_fd; /* /proc/self/pagemap for guest_mem_holes, or -1 */
+    uint64_t size;  /* total RAM bytes */
+    uint8_t *base;  /* the whole RAM mapping (regions point into it) */
     size_t nregions;
     struct guest_mem_region regions[GUEST_MEM_MAX_REGIONS];
     /*
      * Pages written by cella itself (device DMA) while migration tracks
-     * dirty memory: one bit per 4 KiB page, indexed by offset in the memfd
+     * dirty memory: one bit per 4 KiB page, indexed by offset in the RAM mapping
      * (the same index KVM's dirty log uses, region by region). NULL when
      * not tracking. KVM's dirty log does not see writes made through
      * cella's own mapping, hence this.
@@ -52,8 +55,8 @@ struct guest_mem {
 #define GUEST_PAGE_SIZE 4096ull
 
 /*
- * Creates `size` bytes of guest RAM (a multiple of 4 KiB) in a memfd,
- * mapped shared, laid out around the PCI hole.
+ * Creates `size` bytes of guest RAM (a multiple of 4 KiB): anonymous
+ * private memory on a 2 MiB boundary, laid out around the PCI hole.
  * Returns 0 or a negative errno.
  */
 int guest_mem_init(struct guest_mem *m, uint64_t size);
@@ -85,7 +88,7 @@ void guest_mem_dirty(const struct guest_mem *m, uint64_t gpa, uint64_t len);
 /* Starts tracking (every bit clear). 0 or -ENOMEM. Owner thread. */
 int guest_mem_dirty_start(struct guest_mem *m);
 /*
- * ORs the marked pages into `out` (size/4096 bits, memfd order) and clears
+ * ORs the marked pages into `out` (size/4096 bits, RAM order) and clears
  * them, atomically per word. Any thread while tracking.
  */
 void guest_mem_dirty_take(struct guest_mem *m, uint64_t *out);
@@ -94,14 +97,15 @@ void guest_mem_dirty_take(struct guest_mem *m, uint64_t *out);
 void guest_mem_dirty_stop(struct guest_mem *m);
 
 /*
- * Sets bit i of bits (size / 4096 bits, by memfd offset like the dirty
- * log) for every page i the memfd has never allocated: a hole, which reads
- * as zeroes without reading it (reading would allocate it). Other bits are
- * left alone. -ENOTSUP for a plain buffer, else 0 or -errno from lseek.
+ * Sets bit i of bits (size / 4096 bits, by RAM offset like the dirty log)
+ * for every page i never touched (neither in memory nor in swap, per
+ * /proc/self/pagemap): a hole, which reads as zeroes without reading it.
+ * Other bits are left alone. -ENOTSUP for a plain buffer (or without
+ * pagemap), else 0 or a negative errno.
  */
 int guest_mem_holes(const struct guest_mem *m, uint64_t *bits);
 
-/* The memfd offset of gpa (page index = offset / 4096), or UINT64_MAX. */
+/* The RAM offset of gpa (page index = offset / 4096), or UINT64_MAX. */
 uint64_t guest_mem_offset_of(const struct guest_mem *m, uint64_t gpa);
 
 /* The region holding gpa, or NULL. */

@@ -160,7 +160,7 @@ int machine_create(const struct instance_spec *spec, const struct machine_host *
     if (!m)
         return cella_err(errs, -ENOMEM, "", "out of memory");
     m->kvm_fd = m->vm_fd = -1;
-    m->mem.fd = -1;
+    m->mem.pagemap_fd = -1;
     m->ncpus = spec->board.cpus;
     m->cb = *cb;
     m->backends = backends;

@@ -257,8 +257,8 @@ int machine_dirty_start(struct machine *m)
         return 0;
     size_t words = 0;
     for (size_t i = 0; i < m->mem.nregions; i++) {
-        /* Slot bitmaps are ORed into the memfd bitmap word by word. */
-        if (m->mem.regions[i].fd_offset % (64 * GUEST_PAGE_SIZE))
+        /* Slot bitmaps are ORed into the RAM bitmap word by word. */
+        if (m->mem.regions[i].ram_offset % (64 * GUEST_PAGE_SIZE))
             return -EINVAL;
         size_t w = (size_t)((region_pages(&m->mem.regions[i]) + 63) / 64);
         words = w > words ? w : words;
@@ -284,7 +284,7 @@ int machine_dirty_start(struct machine *m)
     return 0;
 }
 
-/* KVM's log of every slot ORed into out (the memfd's page order). */
+/* KVM's log of every slot ORed into out (RAM page order). */
 static int get_logs(struct machine *m, uint64_t *out)
 {
     struct machine_mig *g = m->mig;
@@ -295,7 +295,7 @@ static int get_logs(struct machine *m, uint64_t *out)
         struct kvm_dirty_log log = {.slot = (uint32_t)i, .dirty_bitmap = g->slot_bits};
         if (ioctl(m->vm_fd, KVM_GET_DIRTY_LOG, &log) < 0)
             return -errno;
-        uint64_t *dst = out + r->fd_offset / GUEST_PAGE_SIZE / 64;
+        uint64_t *dst = out + r->ram_offset / GUEST_PAGE_SIZE / 64;
         for (size_t w = 0; w < words; w++)
             dst[w] |= g->slot_bits[w];
     }
@@ -324,7 +324,7 @@ int machine_dirty_fetch(struct machine *m, uint64_t *out)
         return r;
     for (size_t i = 0; g->report_all && i < m->mem.nregions; i++) {
         const struct guest_mem_region *rg = &m->mem.regions[i];
-        uint64_t *dst = out + rg->fd_offset / GUEST_PAGE_SIZE / 64;
+        uint64_t *dst = out + rg->ram_offset / GUEST_PAGE_SIZE / 64;
         for (uint64_t p = 0; p < region_pages(rg); p++)
             dst[p / 64] |= 1ull << (p % 64);
     }
@@ -344,7 +344,7 @@ int machine_dirty_clear(struct machine *m, const uint64_t *bits)
         const struct guest_mem_region *r = &m->mem.regions[i];
         uint64_t pages = region_pages(r);
         size_t words = (size_t)((pages + 63) / 64);
-        const uint64_t *src = bits + r->fd_offset / GUEST_PAGE_SIZE / 64;
+        const uint64_t *src = bits + r->ram_offset / GUEST_PAGE_SIZE / 64;
         bool any = false;
         for (size_t w = 0; w < words; w++) {
             g->slot_bits[w] = src[w];

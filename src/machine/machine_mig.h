@@ -68,7 +68,7 @@ struct guest_mem *machine_guest_mem(struct machine *m);
  * Dirty tracking: KVM's dirty log (manual protect: KVM_CLEAR_DIRTY_LOG, so
  * a page's bit is re-armed only when the sender clears it just before
  * reading the page) merged with the devices' marks (guest_mem_dirty).
- * Bitmaps have one bit per 4 KiB page in memfd order (mem->size / 4096
+ * Bitmaps have one bit per 4 KiB page in RAM order (mem->size / 4096
  * bits). start: tracking on, every page counts as dirty (with
  * KVM_DIRTY_LOG_INITIALLY_SET KVM's bitmap starts all ones and pages are
  * write-protected only as they are cleared, so huge pages are not split

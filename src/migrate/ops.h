@@ -24,7 +24,7 @@
 #include "migrate/proto.h"
 
 struct mig_vm_ops {
-    /* Guest RAM; page index = memfd offset / 4096, host address base + index * 4096. */
+    /* Guest RAM; page index = RAM offset / 4096, host address base + index * 4096. */
     struct guest_mem *(*guest_mem)(void *vm);
 
     /* Source side (machine_mig.h has the contracts). */

@@ -30,7 +30,7 @@ struct src {
     uint64_t npages;
     size_t nwords;
     uint64_t *bits;
-    uint64_t *holes;   /* pass 1: pages the memfd never allocated (zero, not read) */
+    uint64_t *holes;   /* pass 1: pages never touched (zero, not read) */
     uint64_t *redirty; /* pass 1: pages written again since the pass began (dirty_peek) */
     struct mig_ram_batch *batch;
 
@@ -674,7 +674,7 @@ static int precopy(struct src *x)
                              strerror(-r));
         /*
          * Pass 1 does not read (and so allocate) RAM the guest never
-         * touched: the memfd's holes, taken after the log was armed, so a
+         * touched: RAM's holes, taken after the log was armed, so a
          * page written since is sent again by a later pass.
          */
         const uint64_t *holes = NULL;

@@ -38,7 +38,7 @@ struct mig_target {
     uint64_t *seen; /* pages received at least once */
     uint64_t nseen;
     /*
-     * Pages known to hold zeroes (NULL: none known): the memfd's holes at
+     * Pages known to hold zeroes (NULL: none known): RAM's holes at
      * the first RAM batch, then kept true (a zero page written sets it, a
      * data page clears it), so a zero page is only written where needed.
      * Untouched RAM is not allocated by writing zeroes into it.
@@ -327,28 +327,11 @@ static bool seen_all(const struct mig_target *t)
     return t->nseen == t->npages;
 }
 
-/*
- * Writes a stretch of data pages into guest RAM through the memfd: the
- * kernel allocates each page and copies into it, without first zeroing it
- * (as a fault or MADV_POPULATE_WRITE would) or a page fault per page.
- * Without a memfd (a plain buffer), or for what pwritev did not write
- * whole, copies through the mapping.
- */
+/* Copies a stretch of data pages into guest RAM. */
 static void write_pages(struct mig_target *t, uint64_t first, const struct iovec *iov, unsigned n)
 {
-    unsigned done = 0; /* pages written */
-    while (t->mem->fd >= 0 && done < n) {
-        ssize_t w = pwritev(t->mem->fd, iov + done, (int)(n - done),
-                            (off_t)((first + done) * GUEST_PAGE_SIZE));
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0 || w % GUEST_PAGE_SIZE) /* a short page is copied again below */
-            break;
-        done += (unsigned)(w / GUEST_PAGE_SIZE);
-    }
-    for (; done < n; done++)
-        memcpy(t->mem->base + (first + done) * GUEST_PAGE_SIZE, iov[done].iov_base,
-               GUEST_PAGE_SIZE);
+    for (unsigned i = 0; i < n; i++)
+        memcpy(t->mem->base + (first + i) * GUEST_PAGE_SIZE, iov[i].iov_base, GUEST_PAGE_SIZE);
 }
 
 static int ram_batch(struct mig_target *t, const struct mig_msg_ram *r)

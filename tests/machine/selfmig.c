@@ -180,8 +180,12 @@ static int run_cmd(struct machine *m, const char *cmd, double timeout, char *out
         out = tmp;
         outcap = sizeof(tmp);
     }
-    if (!wait_for(EXIT_MARK, timeout, out, outcap) || !wait_for("\n", 5, tmp, sizeof(tmp)))
+    if (!wait_for(EXIT_MARK, timeout, out, outcap) || !wait_for("\n", 5, tmp, sizeof(tmp))) {
+        /* What the devices and vCPUs were doing, for the log (vCPUs log at their next exit). */
+        machine_debug_dump(m);
+        usleep(500000);
         return -1;
+    }
     return atoi(tmp);
 }
 

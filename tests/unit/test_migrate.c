@@ -568,15 +568,15 @@ static void fake_init(struct fake_vm *v, uint64_t npages, bool source)
 
 static void fake_free(struct fake_vm *v)
 {
-    if (v->mem.fd >= 0)
-        guest_mem_destroy(&v->mem); /* fake_use_memfd */
+    if (v->mem.owned)
+        guest_mem_destroy(&v->mem); /* fake_use_guest_ram */
     else
         free(v->ram);
     free(v->dirty);
 }
 
-/* A target whose RAM is a real memfd (as cella's): pages are written through it. */
-static void fake_use_memfd(struct fake_vm *v)
+/* A target whose RAM is real guest RAM (as cella's): its untouched pages are holes. */
+static void fake_use_guest_ram(struct fake_vm *v)
 {
     free(v->ram);
     assert_int_equal(guest_mem_init(&v->mem, v->npages * 4096), 0);
@@ -1081,13 +1081,13 @@ static void test_full_migration(void **state)
     pair_free(&p);
 }
 
-/* The same with the target's RAM in a memfd: data pages go in by pwritev. */
-static void test_full_migration_memfd(void **state)
+/* The same with the target's RAM mapped as cella maps it (holes from pagemap). */
+static void test_full_migration_guest_ram(void **state)
 {
     (void)state;
     struct pair p;
     pair_init(&p);
-    fake_use_memfd(&p.tg->vm);
+    fake_use_guest_ram(&p.tg->vm);
     p.sr->side.vm.dirty_rate = 200;
     p.sr->cfg.downtime_ms = 1;
     p.sr->cfg.max_passes = 4;
@@ -2221,7 +2221,7 @@ int main(void)
         cmocka_unit_test(test_tcp_migration),
         cmocka_unit_test(test_tcp_refused),
         cmocka_unit_test(test_target_validates),
-        cmocka_unit_test(test_full_migration_memfd),
+        cmocka_unit_test(test_full_migration_guest_ram),
         cmocka_unit_test(test_delta_codec),
         cmocka_unit_test(test_page_cache),
         cmocka_unit_test(test_delta_pages),
