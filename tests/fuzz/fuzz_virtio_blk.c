@@ -98,7 +98,8 @@ static void fd_close(struct blk_backend *b)
     (void)b;
 }
 
-static const struct blk_backend_ops fd_ops = {fd_submit, fd_drain, fd_close};
+static const struct blk_backend_ops fd_ops = {
+    .submit = fd_submit, .drain = fd_drain, .close = fd_close};
 
 static uint64_t get_le(const uint8_t *p, unsigned n)
 {
