@@ -295,13 +295,25 @@ static void vcpu_dump(struct vcpu *v)
     char inj[32] = "none";
     if (ev.interrupt.injected)
         snprintf(inj, sizeof(inj), "vector %u", ev.interrupt.nr);
+    /* The TSC-deadline timer (LVTT mode 2): armed, and how far ahead of the TSC. */
+    char dl[64] = "unknown";
+    union {
+        struct kvm_msrs h;
+        uint8_t bytes[sizeof(struct kvm_msrs) + 2 * sizeof(struct kvm_msr_entry)];
+    } msrs = {.h.nmsrs = 2};
+    msrs.h.entries[0].index = 0x10;  /* IA32_TSC */
+    msrs.h.entries[1].index = 0x6e0; /* IA32_TSC_DEADLINE */
+    if (ioctl(v->fd, KVM_GET_MSRS, &msrs) == 2)
+        snprintf(dl, sizeof(dl), msrs.h.entries[1].data ? "in %lld TSC ticks" : "off",
+                 (long long)(msrs.h.entries[1].data - msrs.h.entries[0].data));
     log_msg(LOG_WARN, "debug",
             "vCPU %u: rip %#llx rflags %#llx (IF %s) mp_state %u; injected interrupt %s, nmi "
-            "pending %u; LAPIC TPR %#x LVTT %#x TMICT %#x TMCCT %#x TDCR %#x; IRR%s; ISR%s",
+            "pending %u; LAPIC TPR %#x LVTT %#x TMICT %#x TMCCT %#x TDCR %#x, TSC deadline %s; "
+            "IRR%s; ISR%s",
             v->index, (unsigned long long)r.rip, (unsigned long long)r.rflags,
             r.rflags & 0x200 ? "on" : "off", mp.mp_state, inj, ev.nmi.pending, lapic_reg(&l, 0x80),
             lapic_reg(&l, 0x320), lapic_reg(&l, 0x380), lapic_reg(&l, 0x390), lapic_reg(&l, 0x3e0),
-            ni ? irr : " none", ns ? isr : " none");
+            dl, ni ? irr : " none", ns ? isr : " none");
 }
 
 /*
