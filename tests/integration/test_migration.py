@@ -103,7 +103,10 @@ def migrate(src, dst, *extra, check=True):
     return p
 
 
-COUNTER = "(i=0; while :; do i=$((i+1)); echo $i > /tmp/cnt; sleep 0.05; done) >/dev/null 2>&1 &"
+# Written aside and renamed, so a reader never sees the file between the
+# shell's truncation and its write (an empty read once failed a run).
+COUNTER = ("(i=0; while :; do i=$((i+1)); echo $i > /tmp/cnt.new; mv /tmp/cnt.new /tmp/cnt; "
+           "sleep 0.05; done) >/dev/null 2>&1 &")
 
 
 def memtouch_ready(con, timeout=120):
