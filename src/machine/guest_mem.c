@@ -162,7 +162,7 @@ int guest_mem_holes(const struct guest_mem *m, uint64_t *bits)
     uint64_t npages = m->size / GUEST_PAGE_SIZE;
     uint64_t first = (uintptr_t)m->base / GUEST_PAGE_SIZE;
     int r = 0;
-    for (uint64_t pg = 0; pg < npages && r == 0;) {
+    for (uint64_t pg = 0; pg < npages;) {
         uint64_t n = npages - pg < PAGEMAP_CHUNK ? npages - pg : PAGEMAP_CHUNK;
         ssize_t got =
             pread(m->pagemap_fd, ent, n * sizeof(*ent), (off_t)((first + pg) * sizeof(*ent)));

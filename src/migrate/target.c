@@ -6,7 +6,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/uio.h>
 #include <unistd.h>
 #include <time.h>
 
@@ -327,13 +326,6 @@ static bool seen_all(const struct mig_target *t)
     return t->nseen == t->npages;
 }
 
-/* Copies a stretch of data pages into guest RAM. */
-static void write_pages(struct mig_target *t, uint64_t first, const struct iovec *iov, unsigned n)
-{
-    for (unsigned i = 0; i < n; i++)
-        memcpy(t->mem->base + (first + i) * GUEST_PAGE_SIZE, iov[i].iov_base, GUEST_PAGE_SIZE);
-}
-
 static int ram_batch(struct mig_target *t, const struct mig_msg_ram *r)
 {
     /* Check every run first: a batch is applied whole or not at all. */
@@ -357,9 +349,6 @@ static int ram_batch(struct mig_target *t, const struct mig_msg_ram *r)
     }
     uint32_t k = 0;
     const uint8_t *data = r->data;
-    struct iovec iov[MIG_RAM_BATCH_DATA];
-    unsigned niov = 0;
-    uint64_t start = 0; /* first page of the stretch in iov */
     for (uint32_t i = 0; i < r->nruns; i++) {
         uint64_t first;
         uint32_t count;
@@ -373,13 +362,7 @@ static int ram_batch(struct mig_target *t, const struct mig_msg_ram *r)
                 if (t->zero)
                     t->zero[pg / 64] |= bit;
             } else {
-                if (niov && start + niov != pg) {
-                    write_pages(t, start, iov, niov);
-                    niov = 0;
-                }
-                if (!niov)
-                    start = pg;
-                iov[niov++] = (struct iovec){(void *)(uintptr_t)data, GUEST_PAGE_SIZE};
+                memcpy(dst, data, GUEST_PAGE_SIZE);
                 data += GUEST_PAGE_SIZE;
                 if (t->zero)
                     t->zero[pg / 64] &= ~bit;
@@ -390,8 +373,6 @@ static int ram_batch(struct mig_target *t, const struct mig_msg_ram *r)
             }
         }
     }
-    if (niov)
-        write_pages(t, start, iov, niov);
     t->st.phase[t->phase].pages += r->npages;
     t->st.phase[t->phase].zero_pages += r->npages - r->nnz;
     return 0;
